@@ -1,0 +1,31 @@
+# Two entry points: `make demo` and `make test`. Both create .venv and install what is missing.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint install clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch and torchvision first, pinned, from pip (this machine has exactly those wheels on disk).
+$(STAMP): pyproject.toml $(BIN)/python
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lilnetx train --model lenet5 --dataset fashion_mnist --epochs 3 --lambda-rate 1e-4 --lambda-sparsity 1e-6 --out out/demo.lnx
+
+test: $(STAMP)
+	$(BIN)/ruff check lilnetx explorer dashboards tests benchmarks
+	$(BIN)/python -m pytest -q -ra
+
+lint: $(STAMP)
+	$(BIN)/ruff check lilnetx explorer dashboards tests benchmarks
+
+clean:
+	rm -rf $(VENV) out
