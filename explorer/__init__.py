@@ -1,0 +1,1 @@
+"""explorer: sweeps over the LilNetX tradeoff, tracking, and the ``lilnetx`` command line."""

@@ -1,0 +1,179 @@
+"""Latent reparameterized layers and their shared linear decoders (LilNetX sec. 2).
+
+A conv weight ``O x I/g x kh x kw`` is stored as an integer-valued latent of shape
+``(O * I/g, kh*kw)`` (one row per *slice*); a linear weight ``O x I`` as ``(O * I, 1)``.
+A :class:`GroupDecoder` shared by every layer of a kernel-shape group maps latent rows to weight
+rows with no shift, so a zero latent slice decodes to an exactly zero kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round to the nearest integer forward, identity gradient backward (straight-through)."""
+    return x + (torch.round(x) - x).detach()
+
+
+def decode_exact(latent: torch.Tensor, decoder_weight: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Decode integer latent rows (slices, rows) to a float32 CPU weight of ``shape``.
+
+    Computed in float64 and cast once: each entry is a short sum of small-integer multiples of
+    float32 numbers, exact or nearly so in float64, so the result does not depend on the BLAS
+    kernel or device. Both the trained model's export and the file decoder use this function.
+    """
+    lat = latent.detach().cpu().double()
+    w = decoder_weight.detach().cpu().double()
+    out = lat * w.reshape(()) if w.numel() == 1 else lat @ w
+    return out.reshape(shape).float()
+
+
+def group_key(module: nn.Module) -> str:
+    """Name of the kernel-shape group of a conv or linear layer: ``conv3x3``, ``conv1x1``, ``dense``."""
+    if isinstance(module, nn.Linear):
+        return "dense"
+    kh, kw = module.kernel_size
+    return f"conv{kh}x{kw}"
+
+
+class GroupDecoder(nn.Module):
+    """Shared linear decoder of one group, with no shift.
+
+    ``rows = k*k``: a ``(k*k, k*k)`` matrix ``S`` decodes a latent row ``r`` to ``r @ S``;
+    ``rows = 1`` (dense and 1x1 convs): a scalar ``s`` decodes ``r`` to ``s * r``.
+    """
+
+    def __init__(self, rows: int, init_var: float):
+        super().__init__()
+        self.rows = int(rows)
+        if self.rows == 1:
+            # A scalar drawn from N(0, var) can start near zero and silence a layer; its expected
+            # magnitude is a safer start and keeps the decoded variance the init targets.
+            self.weight = nn.Parameter(torch.full((1, 1), math.sqrt(init_var)))
+        else:
+            # Entries ~ N(0, var / rows): a decoded entry sums `rows` products, so its variance
+            # matches the scalar case and the init target 2 / fan_out (method.md sec. 2).
+            self.weight = nn.Parameter(torch.randn(self.rows, self.rows) * math.sqrt(init_var / self.rows))
+
+    def forward(self, latent_rows: torch.Tensor) -> torch.Tensor:
+        """(slices, rows) latent values -> (slices, rows) weight values (same dtype as input)."""
+        w = self.weight.to(latent_rows.dtype)
+        if self.rows == 1:
+            return latent_rows * w
+        return latent_rows @ w
+
+
+class _LatentMixin:
+    """State shared by latent conv and linear layers."""
+
+    latent: nn.Parameter
+    group: str
+    weight_shape: tuple[int, ...]
+
+    def _init_latent(self, weight_shape: tuple[int, ...], fan_out: int, decoded_var: float) -> None:
+        self.weight_shape = tuple(int(s) for s in weight_shape)
+        rows = self.weight_shape[2] * self.weight_shape[3] if len(self.weight_shape) == 4 else 1
+        slices = math.prod(self.weight_shape) // rows
+        # Latents ~ U(-b, b) so that decoded weights have variance ~ 2 / fan_out (method.md sec. 2).
+        b = (math.sqrt(24.0 / (decoded_var * fan_out) + 1.0) - 1.0) / 2.0
+        self.latent = nn.Parameter(torch.empty(slices, rows).uniform_(-b, b))
+
+    def attach(self, decoder: GroupDecoder) -> None:
+        """Point this layer at its group's decoder (kept out of the module tree: it is shared)."""
+        self.__dict__["_decoder"] = decoder
+
+    @property
+    def decoder(self) -> GroupDecoder:
+        return self.__dict__["_decoder"]
+
+    def latent_int(self) -> torch.Tensor:
+        """The rounded latent, (slices, rows), float dtype holding integers."""
+        return torch.round(self.latent.detach())
+
+    def decoded_weight(self) -> torch.Tensor:
+        """The weight used in the forward pass: rounded latent (STE) through the decoder."""
+        return self.decoder(round_ste(self.latent)).reshape(self.weight_shape)
+
+    @torch.no_grad()
+    def export_weight(self) -> torch.Tensor:
+        """Decoded rounded weight for export, float32 on the CPU.
+
+        Computed in float64 and cast once, so the result does not depend on the BLAS kernel or
+        the device: the compressed file decodes to exactly these values.
+        """
+        return decode_exact(self.latent_int(), self.decoder.weight, self.weight_shape)
+
+
+class LatentConv2d(_LatentMixin, nn.Module):
+    """A ``nn.Conv2d`` whose weight is decoded from an integer latent.
+
+    Keeps the original's stride, padding, dilation, groups and padding mode; the bias stays float.
+    """
+
+    def __init__(self, conv: nn.Conv2d, decoded_var: float):
+        super().__init__()
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride = conv.kernel_size, conv.stride
+        self.padding, self.dilation = conv.padding, conv.dilation
+        self.groups, self.padding_mode = conv.groups, conv.padding_mode
+        self._reversed_padding = tuple(conv._reversed_padding_repeated_twice)
+        self.group = group_key(conv)
+        w = conv.weight.shape
+        self._init_latent(tuple(w), fan_out=w[0] * w[2] * w[3], decoded_var=decoded_var)
+        self.bias = nn.Parameter(conv.bias.detach().clone()) if conv.bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.decoded_weight()
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding, mode=self.padding_mode)
+            return F.conv2d(x, weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def to_dense(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` holding :meth:`export_weight`."""
+        conv = nn.Conv2d(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+            self.dilation, self.groups, self.bias is not None, self.padding_mode,
+        )
+        conv.weight.data.copy_(self.export_weight())
+        if self.bias is not None:
+            conv.bias.data.copy_(self.bias.detach().cpu())
+        return conv
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, groups={self.groups}, group={self.group}")
+
+
+class LatentLinear(_LatentMixin, nn.Module):
+    """A ``nn.Linear`` whose weight is ``s * latent`` (scalar decoder of the ``dense`` group)."""
+
+    def __init__(self, linear: nn.Linear, decoded_var: float):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.group = "dense"
+        self._init_latent(tuple(linear.weight.shape), fan_out=linear.out_features,
+                          decoded_var=decoded_var)
+        self.bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.decoded_weight(), self.bias)
+
+    def to_dense(self) -> nn.Linear:
+        """A plain ``nn.Linear`` holding :meth:`export_weight`."""
+        lin = nn.Linear(self.in_features, self.out_features, self.bias is not None)
+        lin.weight.data.copy_(self.export_weight())
+        if self.bias is not None:
+            lin.bias.data.copy_(self.bias.detach().cpu())
+        return lin
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+LatentLayer = LatentConv2d | LatentLinear

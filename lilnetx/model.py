@@ -1,0 +1,178 @@
+"""The LilNetX model: a network whose conv and linear layers are latent reparameterized.
+
+:func:`convert` turns any ``nn.Module`` into a :class:`LilNetXModel`; :func:`decode` turns one
+back into a plain network with the decoded, rounded weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .entropy import FactorizedPrior
+from .errors import ConfigError
+from .latent import GroupDecoder, LatentConv2d, LatentLayer, LatentLinear, group_key
+from .priors import l2_prior, slice_group_lasso
+
+
+class LilNetXModel(nn.Module):
+    """A converted network plus its shared decoders and probability models.
+
+    Attributes:
+        net: the network, its ``nn.Conv2d``/``nn.Linear`` replaced by latent layers.
+        decoders: one :class:`~lilnetx.latent.GroupDecoder` per kernel-shape group.
+        priors: one :class:`~lilnetx.entropy.FactorizedPrior` per group (channels = kernel positions).
+
+    ``forward(x)`` is the network's forward. Rates are in **bits**.
+    """
+
+    def __init__(self, net: nn.Module, decoders: nn.ModuleDict, priors: nn.ModuleDict):
+        super().__init__()
+        self.net = net
+        self.decoders = decoders
+        self.priors = priors
+        self.arch: dict | None = None  # how to rebuild the network (set by lilnetx.experiment)
+
+    def forward(self, *args, **kwargs):
+        return self.net(*args, **kwargs)
+
+    def latent_layers(self) -> list[tuple[str, LatentLayer]]:
+        """``(name, layer)`` for every latent layer, in module order."""
+        return [(n, m) for n, m in self.net.named_modules() if isinstance(m, LatentConv2d | LatentLinear)]
+
+    def groups(self) -> dict[str, list[tuple[str, LatentLayer]]]:
+        """Latent layers by group, in module order."""
+        out: dict[str, list[tuple[str, LatentLayer]]] = OrderedDict()
+        for name, layer in self.latent_layers():
+            out.setdefault(layer.group, []).append((name, layer))
+        return out
+
+    def latent_parameters(self) -> list[nn.Parameter]:
+        return [layer.latent for _, layer in self.latent_layers()]
+
+    def prior_parameters(self) -> list[nn.Parameter]:
+        return list(self.priors.parameters())
+
+    def n_rows(self) -> int:
+        """Number of slices plus dense weights (the rate normalizer ``N_rows`` of sec. 5)."""
+        return sum(layer.latent.shape[0] for _, layer in self.latent_layers())
+
+    def rate_bits(self, noisy: bool | None = None) -> torch.Tensor:
+        """Self-information of all latents under the priors, in **bits** (scalar tensor).
+
+        ``noisy=True`` adds U(-1/2, 1/2) noise to the continuous latents (training proxy);
+        ``noisy=False`` rounds them (the evaluation rate). Default: ``self.training``.
+        """
+        noisy = self.training if noisy is None else noisy
+        total = None
+        for group, layers in self.groups().items():
+            lat = torch.cat([layer.latent for _, layer in layers], dim=0)
+            if noisy:
+                lat = lat + torch.empty_like(lat).uniform_(-0.5, 0.5)
+            else:
+                lat = torch.round(lat)
+            bits = self.priors[group].bits(lat.t())
+            total = bits if total is None else total + bits
+        if total is None:
+            return torch.zeros(())
+        return total
+
+    def slice_penalty(self) -> torch.Tensor:
+        """Slice group-lasso over the latents of k x k conv groups with k > 1 (sec. 4)."""
+        terms = [slice_group_lasso(layer.latent) for _, layer in self.latent_layers()
+                 if layer.latent.shape[1] > 1]
+        return torch.stack(terms).sum() if terms else self._zero()
+
+    def l2_penalty(self) -> torch.Tensor:
+        """Sum of squared latents over every latent layer."""
+        terms = [l2_prior(layer.latent) for _, layer in self.latent_layers()]
+        return torch.stack(terms).sum() if terms else self._zero()
+
+    def _zero(self) -> torch.Tensor:
+        p = next(self.parameters(), None)
+        return torch.zeros((), device=p.device if p is not None else None)
+
+
+def _is_inside_attention(name: str, attention_names: set[str]) -> bool:
+    return any(name.startswith(a + ".") for a in attention_names)
+
+
+def convertible_layers(net: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, layer)`` of every ``nn.Conv2d``/``nn.Linear`` that :func:`convert` replaces."""
+    attention = {n for n, m in net.named_modules() if isinstance(m, nn.MultiheadAttention)}
+    return [(n, m) for n, m in net.named_modules()
+            if type(m) in (nn.Conv2d, nn.Linear) and not _is_inside_attention(n, attention)]
+
+
+def convert(
+    model: nn.Module,
+    *,
+    boundary: int = 3,
+    width: float = 1.0,
+    filters: tuple[int, ...] = (3, 3, 3),
+) -> LilNetXModel:
+    """Reparameterize every ``nn.Conv2d`` and ``nn.Linear`` of ``model`` in latent space.
+
+    Args:
+        model: any network; it is copied, not changed. Conv layers of any kernel size, stride,
+            dilation and groups (depthwise included) are converted; other layers stay as they are.
+            Linear layers inside ``nn.MultiheadAttention`` (which reads their weights directly)
+            are left alone.
+        boundary: ``B`` of the reference initialization (sec. 2).
+        width: network width multiplier used by the reference decoder initialization.
+        filters: hidden widths of the probability models.
+
+    Returns a :class:`LilNetXModel` on the device of ``model``'s first parameter.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"convert expects a torch.nn.Module, but got {type(model).__name__}")
+    if isinstance(model, LilNetXModel):
+        raise ConfigError("model is already converted to LilNetX")
+    if boundary < 1 or width <= 0:
+        raise ConfigError(f"boundary must be >= 1 and width > 0, but got {boundary}, {width}")
+    net = copy.deepcopy(model)
+    first = next(net.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    var = 24.0 / (64.0 * width) / ((2 * boundary + 1) ** 2 - 1)
+    targets = convertible_layers(net)
+    if not targets:
+        raise ConfigError("model has no nn.Conv2d or nn.Linear layer to convert")
+    decoders, priors = nn.ModuleDict(), nn.ModuleDict()
+    for name, module in targets:
+        key = group_key(module)
+        rows = 1 if isinstance(module, nn.Linear) else module.kernel_size[0] * module.kernel_size[1]
+        if key not in decoders:
+            decoders[key] = GroupDecoder(rows, var)
+            priors[key] = FactorizedPrior(rows, filters)
+        new = (LatentLinear(module, var) if isinstance(module, nn.Linear)
+               else LatentConv2d(module, var))
+        new.attach(decoders[key])
+        _set_submodule(net, name, new)
+    out = LilNetXModel(net, decoders, priors)
+    return out.to(device)
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    if name == "":
+        raise ConfigError("the model itself is a single conv/linear layer; wrap it in nn.Sequential")
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def decode(model: LilNetXModel) -> nn.Module:
+    """A plain network (on the CPU) with every latent layer replaced by its decoded, rounded layer.
+
+    The weights are exactly those the compressed file stores (see ``export_weight``). The copy
+    keeps the train/eval mode of ``model.net``.
+    """
+    if not isinstance(model, LilNetXModel):
+        raise ConfigError(f"decode expects a LilNetXModel from lilnetx.convert, got {type(model).__name__}")
+    memo = {id(layer): layer.to_dense() for _, layer in model.latent_layers()}
+    for d in model.decoders.values():
+        memo[id(d)] = d  # never copied: dense layers do not hold decoders
+    plain = copy.deepcopy(model.net, memo)
+    return plain.cpu()

@@ -1,0 +1,91 @@
+"""Sparsity and rate statistics, per layer and overall (LilNetX sec. 4).
+
+Fractions are in [0, 1]; bits are bits (not bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .model import LilNetXModel
+
+
+@dataclass
+class LayerStats:
+    """Statistics of one latent layer.
+
+    ``slices`` are latent rows (one k x k kernel of a conv, one weight of a linear layer).
+    ``*_latent`` fields are measured on the integer latents, ``*_weight`` on decoded weights.
+    """
+
+    name: str
+    group: str
+    shape: list[int]
+    params: int
+    slices: int
+    bits: float
+    weight_sparsity_latent: float
+    slice_sparsity_latent: float
+    weight_sparsity: float
+    slice_sparsity: float
+    out_channels: int
+    out_channels_zero: int
+    in_channels: int
+    in_channels_zero: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def layer_stats(model: LilNetXModel) -> list[LayerStats]:
+    """One :class:`LayerStats` per latent layer, in module order; bits at evaluation (rounded)."""
+    out = []
+    for _, layers in model.groups().items():
+        prior = model.priors[layers[0][1].group]
+        for name, layer in layers:
+            lat = layer.latent_int()
+            bits = float(prior.bits(lat.t()))
+            w = layer.export_weight()
+            shape = list(layer.weight_shape)
+            o = shape[0]
+            i = shape[1]
+            w2 = w.reshape(o, i, -1)
+            slice_zero = (w2 == 0).all(dim=2)
+            lat_zero_rows = (lat == 0).all(dim=1)
+            out.append(LayerStats(
+                name=name, group=layer.group, shape=shape, params=w.numel(), slices=lat.shape[0],
+                bits=bits,
+                weight_sparsity_latent=float((lat == 0).float().mean()),
+                slice_sparsity_latent=float(lat_zero_rows.float().mean()),
+                weight_sparsity=float((w == 0).float().mean()),
+                slice_sparsity=float(slice_zero.float().mean()),
+                out_channels=o, out_channels_zero=int(slice_zero.all(dim=1).sum()),
+                in_channels=i, in_channels_zero=int(slice_zero.all(dim=0).sum()),
+            ))
+    order = {n: k for k, (n, _) in enumerate(model.latent_layers())}
+    out.sort(key=lambda s: order[s.name])
+    return out
+
+
+def summarize(stats: list[LayerStats]) -> dict[str, float]:
+    """Overall statistics from per-layer ones.
+
+    - ``weight_sparsity``: zero decoded weights / all weights of latent layers.
+    - ``slice_sparsity``: zero k x k kernels / all kernels of conv layers (of every layer when
+      the model has no conv).
+    - ``channel_sparsity``: fully-zero output channels / all output channels of latent layers.
+    - ``bits_estimate``: total bits of the rounded latents under the probability model.
+    """
+    params = sum(s.params for s in stats)
+    convs = [s for s in stats if s.group != "dense"] or stats
+    slices = sum(s.slices for s in convs)
+    return {
+        "bits_estimate": float(sum(s.bits for s in stats)),
+        "weight_sparsity": sum(s.weight_sparsity * s.params for s in stats) / max(params, 1),
+        "slice_sparsity": sum(s.slice_sparsity * s.slices for s in convs) / max(slices, 1),
+        "channel_sparsity": sum(s.out_channels_zero for s in stats)
+        / max(sum(s.out_channels for s in stats), 1),
+    }

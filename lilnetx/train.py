@@ -1,0 +1,205 @@
+"""Training with the LilNetX joint loss and the two-optimizer schedule (LilNetX sec. 5).
+
+``L = CE + lambda_rate * bits / N_rows + lambda_l2 * ||W~||^2 + lambda_sparsity * sum ||slice||_2``
+
+Latents, decoders, BatchNorm and biases use Adam at ``lr`` with a linear warmup from 1e-6 and a
+cosine decay to 0 (per iteration); the probability models use Adam at a constant ``prior_lr``.
+A plain ``nn.Module`` (not converted) trains with cross-entropy alone under the same schedule,
+which makes it the dense reference.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import DataSplits, iterate_batches, num_batches
+from .errors import ConfigError, LilNetXError, check_nonnegative, check_positive_int
+from .model import LilNetXModel
+
+
+class TrainingDiverged(LilNetXError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one training run (reference defaults of sec. 5, short schedule).
+
+    ``warmup_epochs=None`` means ``min(5, epochs / 10)``, the reference 5-of-200 capped for
+    short runs. ``device=None`` picks CUDA when available.
+    """
+
+    epochs: int = 5
+    batch_size: int = 256
+    lr: float = 1e-2
+    prior_lr: float = 1e-4
+    lambda_rate: float = 1e-4
+    lambda_sparsity: float = 1e-6
+    lambda_l2: float = 1e-6
+    warmup_epochs: float | None = None
+    seed: int = 0
+    device: str | None = None
+
+    def validate(self) -> TrainConfig:
+        check_positive_int("epochs", self.epochs)
+        check_positive_int("batch_size", self.batch_size)
+        for name in ("lr", "prior_lr", "lambda_rate", "lambda_sparsity", "lambda_l2"):
+            check_nonnegative(name, getattr(self, name))
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, but got {self.lr}")
+        if self.warmup_epochs is not None:
+            check_nonnegative("warmup_epochs", self.warmup_epochs)
+        return self
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns: per-epoch history and wall time in seconds."""
+
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when available, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def lr_factor(step: int, total: int, warmup: int, lr: float, start: float = 1e-6) -> float:
+    """Learning rate at iteration ``step`` of ``total``: linear warmup then cosine to 0."""
+    if step < warmup:
+        return start + (lr - start) * step / max(warmup, 1)
+    t = (step - warmup) / max(total - warmup, 1)
+    return 0.5 * lr * (1.0 + math.cos(math.pi * min(t, 1.0)))
+
+
+def joint_loss(
+    model: nn.Module, logits: torch.Tensor, target: torch.Tensor, cfg: TrainConfig
+) -> dict[str, torch.Tensor]:
+    """The loss terms of one batch. Keys: ``loss``, ``ce``, and for LilNetX models ``bits``
+    (noisy rate of all latents, bits), ``slice`` and ``l2`` (unweighted penalties)."""
+    ce = F.cross_entropy(logits, target)
+    if not isinstance(model, LilNetXModel):
+        return {"loss": ce, "ce": ce}
+    bits = model.rate_bits()
+    loss = ce + cfg.lambda_rate * bits / model.n_rows()
+    out = {"ce": ce, "bits": bits}
+    if cfg.lambda_sparsity > 0:
+        out["slice"] = model.slice_penalty()
+        loss = loss + cfg.lambda_sparsity * out["slice"]
+    if cfg.lambda_l2 > 0:
+        out["l2"] = model.l2_penalty()
+        loss = loss + cfg.lambda_l2 * out["l2"]
+    out["loss"] = loss
+    return out
+
+
+def make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    """Adam for the network (latents, decoders, BN, biases) and Adam for the priors."""
+    prior_ids = set()
+    opts = []
+    if isinstance(model, LilNetXModel):
+        prior = model.prior_parameters()
+        prior_ids = {id(p) for p in prior}
+        opts.append(torch.optim.Adam(prior, lr=cfg.prior_lr))
+    main = [p for p in model.parameters() if id(p) not in prior_ids and p.requires_grad]
+    opts.insert(0, torch.optim.Adam(main, lr=cfg.lr))
+    return opts
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, dataset, batch_size: int = 512,
+                      device: torch.device | str | None = None) -> float:
+    """Top-1 accuracy (fraction in [0, 1]) of ``model`` on ``dataset``, in eval mode."""
+    device = pick_device(str(device) if device is not None else None)
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in iterate_batches(dataset, batch_size, shuffle=False, device=device):
+        correct += int((model(x).argmax(1) == y).sum())
+        total += int(y.numel())
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+def fit(
+    model: nn.Module,
+    splits: DataSplits,
+    cfg: TrainConfig,
+    progress: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on ``splits.train``; validate on ``splits.val`` each epoch.
+
+    ``progress`` receives ``{"event": "step", "epoch", "step", "steps", "loss", "ce", "bits"}``
+    every iteration and ``{"event": "epoch", ...history row...}`` after every epoch.
+    Raises :class:`TrainingDiverged` when the loss is not finite.
+    """
+    cfg.validate()
+    device = pick_device(cfg.device)
+    model.to(device).train()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    steps = num_batches(splits.train, cfg.batch_size)
+    total = steps * cfg.epochs
+    warm_epochs = cfg.warmup_epochs if cfg.warmup_epochs is not None else min(5.0, cfg.epochs / 10)
+    warmup = int(round(warm_epochs * steps))
+    opts = make_optimizers(model, cfg)
+    result = TrainResult()
+    start = time.perf_counter()
+    it = 0
+    for epoch in range(1, cfg.epochs + 1):
+        sums = {"loss": 0.0, "ce": 0.0, "bits": 0.0}
+        correct = seen = 0
+        for step, (x, y) in enumerate(iterate_batches(
+                splits.train, cfg.batch_size, shuffle=True, generator=gen, device=device,
+                augment=splits.augment), start=1):
+            lr = lr_factor(it, total, warmup, cfg.lr)
+            for g in opts[0].param_groups:
+                g["lr"] = lr
+            logits = model(x)
+            terms = joint_loss(model, logits, y, cfg)
+            loss = terms["loss"]
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss is {float(loss)} at epoch {epoch}, step {step}; lower lr or lambdas")
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            loss.backward()
+            for o in opts:
+                o.step()
+            it += 1
+            for k in sums:
+                if k in terms:
+                    sums[k] += float(terms[k].detach()) * y.numel()
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += int(y.numel())
+            if progress is not None:
+                progress({"event": "step", "epoch": epoch, "step": step, "steps": steps,
+                          "loss": float(loss.detach()),
+                          "bits": float(terms["bits"].detach()) if "bits" in terms else None})
+        row = {"epoch": epoch, "lr": lr, "train_accuracy": correct / max(seen, 1)}
+        row.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items() if k in terms})
+        row["val_accuracy"] = evaluate_accuracy(model, splits.val, device=device)
+        if isinstance(model, LilNetXModel):
+            model.eval()
+            with torch.no_grad():
+                row["bits_estimate"] = float(model.rate_bits(noisy=False))
+            model.train()
+        row["seconds"] = time.perf_counter() - start
+        result.history.append(row)
+        if progress is not None:
+            progress({"event": "epoch", **row})
+    model.eval()
+    result.seconds = time.perf_counter() - start
+    return result
