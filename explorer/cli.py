@@ -74,8 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-root", default=None)
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     t.add_argument("--out", default=None, help="write the compressed model to this .lnx file")
+    t.add_argument("--onnx", default=None, help="also write the slim network as ONNX (needs --out)")
+    t.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     t.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     t.set_defaults(func=cmd_train)
+
+    i = sub.add_parser("inspect", help="size breakdown and per-layer statistics of a .lnx file")
+    i.add_argument("file")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_inspect)
+
+    e = sub.add_parser("evaluate", help="decode a .lnx file and measure test accuracy")
+    e.add_argument("file")
+    e.add_argument("--dataset", required=True)
+    e.add_argument("--data-root", default=None)
+    e.add_argument("--device", default=None)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("slim", help="slim a .lnx model: FLOPs, latency, optional ONNX export")
+    s.add_argument("file")
+    s.add_argument("--onnx", default=None, help="write the slim network to this .onnx file")
+    s.add_argument("--no-latency", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_slim)
     return p
 
 
@@ -127,11 +149,78 @@ def cmd_train(args: argparse.Namespace) -> dict:
         outcome = lilnetx.run(spec)
     summary = dict(outcome.summary)
     summary.update({"model": args.model, "dataset": args.dataset, "method": args.method})
+    if args.onnx and not args.out:
+        raise UsageError("--onnx needs --out FILE.lnx")
     if args.out:
         from lilnetx.experiment import finalize
 
-        summary.update(finalize(outcome, args.out))
+        summary.update(finalize(outcome, args.out, latency=not args.no_latency,
+                                onnx_path=args.onnx))
     return summary
+
+
+def cmd_inspect(args: argparse.Namespace) -> dict | None:
+    from lilnetx.report import inspect
+
+    report = inspect(args.file)
+    if args.json:
+        return report
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t = Table(title=f"{args.file}: {report['size_bytes']:,} bytes")
+    t.add_column("part")
+    t.add_column("bytes", justify="right")
+    t.add_column("share", justify="right")
+    for k, v in report["breakdown"].items():
+        t.add_row(k, f"{v:,}", f"{v / report['size_bytes']:.1%}")
+    con.print(t)
+    lt = Table(title="layers")
+    for col in ("layer", "group", "shape", "bits", "weight sparsity", "slice sparsity", "out kept"):
+        lt.add_column(col, justify="left" if col in ("layer", "group", "shape") else "right")
+    for r in report["layers"]:
+        lt.add_row(r["name"], r["group"], "x".join(map(str, r["shape"])), f"{r['bits']:.0f}",
+                   f"{r['weight_sparsity']:.3f}", f"{r['slice_sparsity']:.3f}",
+                   f"{r['out_channels_kept']}/{r['shape'][0]}")
+    con.print(lt)
+    eff = report["coding_efficiency"]
+    con.print(f"latent information {report['latent_information_bits'] / 8:,.0f} bytes; "
+              f"coding efficiency {eff:.4f}" if eff else "latents carry no information")
+    return None
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict:
+    import lilnetx
+    from lilnetx import fileformat
+
+    c = fileformat.read(args.file)
+    net = fileformat.build_network(c)
+    splits = lilnetx.create_dataset(args.dataset, args.data_root)
+    info = splits.info
+    arch = c.arch
+    if (info.channels, info.height, info.num_classes) != (
+            arch.get("in_channels"), arch.get("image_size"), arch.get("num_classes")):
+        raise lilnetx.ConfigError(
+            f"dataset {args.dataset!r} ({info.channels}x{info.height}x{info.width}, "
+            f"{info.num_classes} classes) does not fit the model (inputs "
+            f"{arch.get('in_channels')}x{arch.get('image_size')}, {arch.get('num_classes')} classes)")
+    device = lilnetx.pick_device(args.device)
+    acc = lilnetx.evaluate_accuracy(net.to(device), splits.test, device=device)
+    return {"accuracy": acc, "dataset": args.dataset, "file": args.file,
+            "size_bytes": c.size_bytes, "test_examples": len(splits.test)}
+
+
+def cmd_slim(args: argparse.Namespace) -> dict:
+    from lilnetx import fileformat
+    from lilnetx.export import slim_metrics
+
+    c = fileformat.read(args.file)
+    net = fileformat.build_network(c)
+    _, metrics = slim_metrics(net, c.arch, latency=not args.no_latency, onnx_path=args.onnx)
+    if args.onnx:
+        metrics["onnx_path"] = args.onnx
+    return metrics
 
 
 def _print_summary(summary: dict) -> None:
@@ -164,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     if result is not None:
         if getattr(args, "json", False):
+            sys.stdout.flush()
             print(json.dumps(result, indent=2, sort_keys=True))
         else:
             _print_summary(result)

@@ -20,29 +20,43 @@ def _model(freqs: np.ndarray):
     return constriction.stream.model.Categorical(probs, perfect=False)
 
 
-def encode(symbols: np.ndarray, lo: int, freqs: np.ndarray) -> np.ndarray:
-    """ANS-encode integer ``symbols`` (1-D) whose values lie in ``[lo, lo + len(freqs))``.
-
-    Returns the compressed stream as uint32 words (4 bytes each). A one-symbol table carries no
-    information and encodes to zero words. The number of symbols is not stored in the stream.
-    """
-    if len(freqs) == 1:
-        return np.zeros(0, dtype=np.uint32)
-    idx = (np.asarray(symbols, dtype=np.int64) - lo).astype(np.int32)
+def _check(symbols: np.ndarray, lo: int, freqs: np.ndarray) -> np.ndarray:
+    idx = np.asarray(symbols, dtype=np.int64) - lo
     if idx.size and (idx.min() < 0 or idx.max() >= len(freqs)):
         raise ValueError("symbol outside the table's range")
+    return idx.astype(np.int32)
+
+
+def encode(segments: list[tuple[np.ndarray, int, np.ndarray]]) -> np.ndarray:
+    """ANS-encode several segments into one stream of uint32 words (4 bytes each).
+
+    Each segment is ``(symbols, lo, freqs)``: 1-D integer symbols whose values lie in
+    ``[lo, lo + len(freqs))``, coded with the frequency table ``freqs``. A one-symbol table
+    carries no information and adds nothing. Segment lengths are not stored in the stream.
+    """
     coder = constriction.stream.stack.AnsCoder()
-    coder.encode_reverse(idx, _model(freqs))
+    for symbols, lo, freqs in reversed(segments):  # a stack: the last segment goes in first
+        if len(freqs) > 1 and len(symbols):
+            coder.encode_reverse(_check(symbols, lo, freqs), _model(freqs))
     return np.asarray(coder.get_compressed(), dtype=np.uint32)
 
 
-def decode(words: np.ndarray, count: int, lo: int, freqs: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`encode`: ``count`` int64 symbols from uint32 ``words``."""
-    if len(freqs) == 1:
-        return np.full(count, lo, dtype=np.int64)
+def decode(words: np.ndarray, segments: list[tuple[int, int, np.ndarray]]) -> list[np.ndarray]:
+    """Inverse of :func:`encode`: ``segments`` are ``(count, lo, freqs)``; int64 arrays back.
+
+    Raises ``ValueError`` when the stream does not hold exactly these segments.
+    """
     coder = constriction.stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
-    idx = coder.decode(_model(freqs), count)
-    return idx.astype(np.int64) + lo
+    out = []
+    for count, lo, freqs in segments:
+        if len(freqs) == 1 or count == 0:
+            out.append(np.full(count, lo, dtype=np.int64))
+            continue
+        idx = coder.decode(_model(freqs), count)
+        out.append(idx.astype(np.int64) + lo)
+    if not coder.is_empty():
+        raise ValueError("stream holds more data than the index describes")
+    return out
 
 
 def information_bits(symbols: np.ndarray, lo: int, freqs: np.ndarray) -> float:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .archspec import registry_arch
 from .data import DataSplits, create_dataset
 from .errors import ConfigError
 from .model import LilNetXModel, convert, decode
@@ -70,7 +71,13 @@ def build(spec: RunSpec, splits: DataSplits) -> nn.Module:
     torch.manual_seed(spec.train.seed)
     net = create_model(spec.model, in_channels=info.channels, image_size=info.height,
                        num_classes=info.num_classes, width=spec.width)
-    return convert(net, width=spec.width)
+    model = convert(net, width=spec.width)
+    model.arch = registry_arch(
+        spec.model, in_channels=info.channels, image_size=info.height,
+        num_classes=info.num_classes, width=spec.width,
+        data={"name": info.name, "mean": list(info.mean), "std": list(info.std),
+              "channels": info.channels, "height": info.height, "width": info.width})
+    return model
 
 
 def run(spec: RunSpec, progress: Callable[[dict], None] | None = None) -> RunOutcome:
@@ -103,3 +110,18 @@ def measure(spec: RunSpec, model: nn.Module, splits: DataSplits, result: TrainRe
     summary["epochs"] = spec.train.epochs
     return RunOutcome(model=model, plain=plain, splits=splits, summary=summary, layers=layers,
                       result=result)
+
+
+def finalize(outcome: RunOutcome, path: str, *, latency: bool = True,
+             onnx_path: str | None = None) -> dict:
+    """Write the ``.lnx`` file of a run and measure size, FLOPs and latency of its slim network.
+
+    Updates and returns ``outcome.summary`` (keys ``size_bytes``, ``compression_ratio``,
+    ``flops``, ``dense_flops``, ``sparse_flops``, ``channel_sparsity``, ``latency_ms``, ...).
+    """
+    from .export import write_and_measure
+
+    outcome.summary.update(write_and_measure(
+        outcome.model, outcome.plain, path, dense_bytes=outcome.summary["dense_bytes"],
+        latency=latency, onnx_path=onnx_path))
+    return outcome.summary

@@ -1,0 +1,78 @@
+"""From a trained model to what a user ships: the ``.lnx`` file, the slim network, its FLOPs and
+latency, and an optional ONNX file of the slim network."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from . import fileformat
+from .errors import ConfigError
+from .latency import latency_ms
+from .slim import count_macs, slim
+
+
+def example_input(arch: dict, batch: int = 1) -> torch.Tensor:
+    """A random input batch (batch, C, S, S) for the architecture description ``arch``."""
+    s = int(arch["image_size"])
+    return torch.randn(batch, int(arch["in_channels"]), s, s)
+
+
+def out_channels(net: nn.Module) -> int:
+    """Total output channels/features of the conv and linear layers of ``net``."""
+    return sum(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+               for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear))
+
+
+def export_onnx(net: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> None:
+    """Write ``net`` as ONNX (opset 17, dynamic batch), input ``input``, output ``logits``."""
+    path = os.fspath(path)
+    if not path.endswith(".onnx"):
+        raise ConfigError(f"ONNX path must end with .onnx, but got {path!r}")
+    torch.onnx.export(net.eval(), (example,), path, dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def slim_metrics(plain: nn.Module, arch: dict, *, latency: bool = True,
+                 onnx_path: str | None = None) -> tuple[nn.Module, dict]:
+    """Slim ``plain`` and measure it against the dense network.
+
+    Keys: ``flops``, ``dense_flops``, ``sparse_flops`` (MACs per sample), ``channel_sparsity``
+    (fraction of conv/linear output channels removed), and with ``latency``: ``latency_ms``
+    and ``latency_ms_b64`` (slim, batch 1 and 64), ``dense_latency_ms`` and
+    ``dense_latency_ms_b64`` (same measurement of the unslimmed network).
+    """
+    x = example_input(arch)
+    slim_net = slim(plain, x)
+    dense_counts, slim_counts = count_macs(plain, x), count_macs(slim_net, x)
+    out = {
+        "flops": slim_counts["flops"],
+        "dense_flops": dense_counts["flops"],
+        "sparse_flops": dense_counts["sparse_flops"],
+        "channel_sparsity": 1.0 - out_channels(slim_net) / max(out_channels(plain), 1),
+    }
+    if latency:
+        shape = tuple(x.shape[1:])
+        out["latency_ms"] = latency_ms(slim_net, shape, batch=1)
+        out["latency_ms_b64"] = latency_ms(slim_net, shape, batch=64)
+        out["dense_latency_ms"] = latency_ms(plain, shape, batch=1)
+        out["dense_latency_ms_b64"] = latency_ms(plain, shape, batch=64)
+    if onnx_path:
+        export_onnx(slim_net, x, onnx_path)
+    return slim_net, out
+
+
+def write_and_measure(model, plain: nn.Module, path: str | os.PathLike, *,
+                      dense_bytes: int, latency: bool = True,
+                      onnx_path: str | None = None) -> dict:
+    """Save ``model`` as ``.lnx`` at ``path`` and return size, compression and slim metrics."""
+    parent = os.path.dirname(os.path.abspath(os.fspath(path)))
+    os.makedirs(parent, exist_ok=True)
+    size = fileformat.save(model, path)
+    out = {"size_bytes": size, "compression_ratio": dense_bytes / size, "model_path": os.fspath(path)}
+    _, metrics = slim_metrics(plain, model.arch, latency=latency, onnx_path=onnx_path)
+    out.update(metrics)
+    return out

@@ -1,0 +1,299 @@
+"""The ``.lnx`` compressed model file: entropy-coded latents and everything else needed to
+rebuild the network, with no pickle anywhere.
+
+Layout (little-endian)::
+
+    magic b"LNX\\x00" | version u16 | section count u16
+    section*: kind u8 | length u32 | bytes
+    crc32 u32 of every preceding byte
+
+Sections: ``arch`` (zlib JSON: how to rebuild the network), ``index`` (zlib JSON: layers,
+symbol ranges, stream lengths, tensor names and shapes), ``tables`` (uint16 frequency-1 per
+symbol), ``decoders`` (float32), ``floats`` (float32 biases, BatchNorm and other state),
+``latents`` (uint32 ANS words). The checksum is verified before anything is parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import codec
+from .errors import FormatError
+from .latent import decode_exact
+from .model import LilNetXModel, convertible_layers, decode
+
+MAGIC = b"LNX\x00"
+VERSION = 1
+SECTIONS = {1: "arch", 2: "index", 3: "tables", 4: "decoders", 5: "floats", 6: "latents"}
+_KIND = {v: k for k, v in SECTIONS.items()}
+_HEAD = struct.Struct("<4sHH")
+_SEC = struct.Struct("<BI")
+MAX_JSON_BYTES = 64 << 20
+MAX_ELEMENTS = 1 << 31
+
+
+@dataclass
+class Container:
+    """A parsed file: raw section bytes by name, plus the decoded JSON of arch and index."""
+
+    sections: dict[str, bytes]
+    arch: dict
+    index: dict
+    size_bytes: int
+
+
+def _zjson(obj) -> bytes:
+    return zlib.compress(json.dumps(obj, separators=(",", ":"), sort_keys=True).encode(), 9)
+
+
+def _unzjson(data: bytes, what: str) -> dict:
+    try:
+        d = zlib.decompressobj()
+        raw = d.decompress(data, MAX_JSON_BYTES)
+        if d.unconsumed_tail or not d.eof:
+            raise FormatError(f"{what} section is truncated or too large")
+        obj = json.loads(raw.decode("utf-8"))
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{what} section is corrupt: {e}") from None
+    if not isinstance(obj, dict):
+        raise FormatError(f"{what} section is not a JSON object")
+    return obj
+
+
+def encode_model(model: LilNetXModel, arch: dict | None = None) -> bytes:
+    """The bytes of the ``.lnx`` file of ``model`` (see the module docstring for the layout)."""
+    if not isinstance(model, LilNetXModel):
+        raise FormatError(f"save expects a LilNetXModel, got {type(model).__name__}")
+    arch = arch if arch is not None else model.arch
+    if not arch:
+        raise FormatError(
+            "the model has no architecture description; build it with lilnetx.run/RunSpec or "
+            "pass arch={'model': NAME, 'in_channels': C, 'image_size': S, 'num_classes': K}")
+    layers = model.latent_layers()
+    plain_state = decode(model).state_dict()
+    latent_keys = {f"{name}.weight" for name, _ in layers}
+    index: dict = {"layers": [], "groups": [], "floats": [], "decoders": []}
+    tables, segments = [], []
+    for name, layer in layers:
+        index["layers"].append({"name": name, "group": layer.group,
+                                "shape": list(layer.weight_shape)})
+    for group, members in model.groups().items():
+        lat = torch.cat([m.latent_int() for _, m in members]).cpu().numpy().astype(np.int64)
+        lo, hi = lat.min(axis=0), lat.max(axis=0)
+        tabs = model.priors[group].quantized_tables(lo, hi, codec.TABLE_PRECISION)
+        chans = []
+        for c, tab in enumerate(tabs):
+            segments.append((lat[:, c], int(lo[c]), tab))
+            chans.append({"lo": int(lo[c]), "n": len(tab)})
+            tables.append((tab - 1).astype("<u2"))
+        index["groups"].append({"key": group, "rows": lat.shape[1], "slices": lat.shape[0],
+                                "channels": chans})
+        index["decoders"].append({"key": group,
+                                  "shape": list(model.decoders[group].weight.shape)})
+    dec = [model.decoders[g["key"]].weight.detach().cpu().float().numpy().astype("<f4")
+           for g in index["groups"]]
+    floats = []
+    for key, t in plain_state.items():
+        if key in latent_keys or key.endswith("num_batches_tracked"):
+            continue
+        if not t.is_floating_point():
+            raise FormatError(f"cannot store non-float state {key!r} ({t.dtype})")
+        index["floats"].append({"key": key, "shape": list(t.shape)})
+        floats.append(t.detach().cpu().float().numpy().astype("<f4"))
+    body = [("arch", _zjson(arch)), ("index", _zjson(index)),
+            ("tables", b"".join(a.tobytes() for a in tables)),
+            ("decoders", b"".join(a.tobytes() for a in dec)),
+            ("floats", b"".join(a.tobytes() for a in floats)),
+            ("latents", codec.encode(segments).astype("<u4").tobytes())]
+    out = bytearray(_HEAD.pack(MAGIC, VERSION, len(body)))
+    for kind, data in body:
+        out += _SEC.pack(_KIND[kind], len(data)) + data
+    out += struct.pack("<I", zlib.crc32(out))
+    return bytes(out)
+
+
+def save(model: LilNetXModel, path: str | os.PathLike, arch: dict | None = None) -> int:
+    """Write ``model`` to ``path`` as a ``.lnx`` file; returns its size in **bytes**.
+
+    The file is written to a temporary name and renamed, so a reader never sees half a file.
+    """
+    data = encode_model(model, arch)
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return len(data)
+
+
+def parse(data: bytes) -> Container:
+    """Check magic, version and checksum, split the sections and decode the JSON ones."""
+    if len(data) < _HEAD.size + 4:
+        raise FormatError(f"file is too short ({len(data)} bytes) to be a .lnx model")
+    magic, version, count = _HEAD.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise FormatError("not a .lnx model file (bad magic number)")
+    (crc,) = struct.unpack_from("<I", data, len(data) - 4)
+    if zlib.crc32(data[:-4]) != crc:
+        raise FormatError("checksum mismatch: the file is truncated or corrupt")
+    if version != VERSION:
+        raise FormatError(f"unsupported .lnx version {version}; this reader supports {VERSION}")
+    pos, end, sections = _HEAD.size, len(data) - 4, {}
+    for _ in range(count):
+        if pos + _SEC.size > end:
+            raise FormatError("section table runs past the end of the file")
+        kind, length = _SEC.unpack_from(data, pos)
+        pos += _SEC.size
+        if kind not in SECTIONS or SECTIONS[kind] in sections or pos + length > end:
+            raise FormatError(f"bad section (kind {kind}, {length} bytes)")
+        sections[SECTIONS[kind]] = data[pos:pos + length]
+        pos += length
+    if pos != end or set(sections) != set(SECTIONS.values()):
+        raise FormatError("file sections are incomplete or followed by garbage")
+    return Container(sections, _unzjson(sections["arch"], "arch"),
+                     _unzjson(sections["index"], "index"), len(data))
+
+
+def read(path: str | os.PathLike) -> Container:
+    """Read and :func:`parse` a file; a missing file raises :class:`FormatError`."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise FormatError(f"cannot read model file {os.fspath(path)!r}: {e.strerror}") from None
+    return parse(data)
+
+
+def _shape(obj, what: str) -> tuple[int, ...]:
+    if not isinstance(obj, list) or not all(isinstance(s, int) and 0 <= s < MAX_ELEMENTS for s in obj):
+        raise FormatError(f"bad shape for {what}: {obj!r}")
+    n = 1
+    for s in obj:
+        n *= s
+    if n > MAX_ELEMENTS:
+        raise FormatError(f"shape of {what} is too large: {obj!r}")
+    return tuple(obj)
+
+
+class _Reader:
+    def __init__(self, buf: bytes, dtype: str, what: str):
+        self.arr = np.frombuffer(buf, dtype=dtype) if len(buf) % np.dtype(dtype).itemsize == 0 \
+            else None
+        if self.arr is None:
+            raise FormatError(f"{what} section has a partial element")
+        self.pos, self.what = 0, what
+
+    def take(self, n: int) -> np.ndarray:
+        if n < 0 or self.pos + n > self.arr.size:
+            raise FormatError(f"{self.what} section is shorter than the index says")
+        out = self.arr[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def done(self) -> None:
+        if self.pos != self.arr.size:
+            raise FormatError(f"{self.what} section is longer than the index says")
+
+
+def decode_latents(c: Container) -> tuple[dict[str, np.ndarray], dict[str, list[dict]]]:
+    """Integer latents per group, shape (slices, rows) int64, and the per-channel tables."""
+    tables = _Reader(c.sections["tables"], "<u2", "tables")
+    if len(c.sections["latents"]) % 4:
+        raise FormatError("latents section has a partial word")
+    words = np.frombuffer(c.sections["latents"], dtype="<u4")
+    segments, shapes, tabs = [], [], {}
+    try:
+        for g in c.index["groups"]:
+            rows, slices = int(g["rows"]), int(g["slices"])
+            if rows <= 0 or slices < 0 or rows * slices > MAX_ELEMENTS or len(g["channels"]) != rows:
+                raise FormatError(f"bad group entry {g.get('key')!r}")
+            shapes.append((g["key"], slices, rows))
+            tabs[g["key"]] = []
+            for ch in g["channels"]:
+                n = int(ch["n"])
+                if not 1 <= n <= (1 << codec.TABLE_PRECISION):
+                    raise FormatError("bad symbol table size")
+                freqs = tables.take(n).astype(np.uint32) + 1
+                if int(freqs.sum()) != 1 << codec.TABLE_PRECISION:
+                    raise FormatError("a probability table does not sum to its precision")
+                segments.append((slices, int(ch["lo"]), freqs))
+                tabs[g["key"]].append({"lo": int(ch["lo"]), "freqs": freqs})
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"index section is malformed: {e!r}") from None
+    tables.done()
+    try:
+        columns = codec.decode(words, segments)
+    except BaseException as e:  # constriction reports a broken stream as a Rust panic
+        if isinstance(e, KeyboardInterrupt | SystemExit):
+            raise
+        raise FormatError(f"latent stream is corrupt: {e}") from None
+    out, k = {}, 0
+    for key, slices, rows in shapes:
+        out[key] = np.stack(columns[k:k + rows], axis=1) if rows else np.empty((slices, 0))
+        k += rows
+    return out, tabs
+
+
+def build_network(c: Container) -> nn.Module:
+    """Rebuild the plain network of a parsed file with its decoded weights (CPU, eval mode)."""
+    from .archspec import build_from_arch
+
+    net = build_from_arch(c.arch)
+    latents, _ = decode_latents(c)
+    idx = c.index
+    try:
+        targets = OrderedDict(convertible_layers(net))
+        names = [entry["name"] for entry in idx["layers"]]
+        if names != list(targets):
+            raise FormatError("the file's layers do not match its architecture")
+        dec = _Reader(c.sections["decoders"], "<f4", "decoders")
+        decoders = {d["key"]: torch.from_numpy(dec.take(int(np.prod(_shape(d["shape"], "decoder"))))
+                                               .copy()).reshape(_shape(d["shape"], "decoder"))
+                    for d in idx["decoders"]}
+        dec.done()
+        offsets = dict.fromkeys(latents, 0)
+        with torch.no_grad():
+            for entry in idx["layers"]:
+                layer = targets[entry["name"]]
+                shape = _shape(entry["shape"], entry["name"])
+                if tuple(layer.weight.shape) != shape:
+                    raise FormatError(f"layer {entry['name']!r} shape {shape} does not match "
+                                      f"the architecture's {tuple(layer.weight.shape)}")
+                g = entry["group"]
+                rows = latents[g].shape[1]
+                n = int(np.prod(shape)) // rows
+                lat = latents[g][offsets[g]:offsets[g] + n]
+                if lat.shape[0] != n:
+                    raise FormatError(f"group {g!r} has fewer latents than its layers need")
+                offsets[g] += n
+                layer.weight.copy_(decode_exact(torch.from_numpy(lat), decoders[g], shape))
+            if any(offsets[g] != latents[g].shape[0] for g in latents):
+                raise FormatError("a group has more latents than its layers need")
+            fl = _Reader(c.sections["floats"], "<f4", "floats")
+            state = net.state_dict()
+            for entry in idx["floats"]:
+                key, shape = entry["key"], _shape(entry["shape"], entry["key"])
+                if key not in state or tuple(state[key].shape) != shape:
+                    raise FormatError(f"tensor {key!r} does not fit the architecture")
+                state[key].copy_(torch.from_numpy(fl.take(int(np.prod(shape))).copy()).reshape(shape))
+            fl.done()
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"index section is malformed: {e!r}") from None
+    return net.eval()
+
+
+def load(path: str | os.PathLike) -> nn.Module:
+    """Rebuild the plain decoded network stored in a ``.lnx`` file (CPU, eval mode).
+
+    Raises :class:`FormatError` for a missing, truncated, corrupt or foreign file.
+    """
+    return build_network(read(path))
