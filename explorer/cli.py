@@ -92,6 +92,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
+    w = sub.add_parser("sweep", help="run a multi-objective sweep from a YAML search space")
+    w.add_argument("space")
+    w.add_argument("--tracking-uri", default=None)
+    w.add_argument("--experiment", default=None)
+    w.add_argument("--num-samples", type=_pos_int("--num-samples"), default=None)
+    w.add_argument("--max-concurrent", type=_pos_int("--max-concurrent"), default=None)
+    w.add_argument("--address", default=None, help="HOST:PORT of an existing Ray cluster")
+    w.add_argument("--study-storage", default=None,
+                   help="Optuna storage: an RDB URL or a journal file (default: beside mlflow.db)")
+    w.add_argument("--device", default=None)
+    w.add_argument("--resume", action="store_true", help="continue the newest sweep of this space")
+    w.add_argument("--json", action="store_true")
+    w.set_defaults(func=cmd_sweep)
+
+    f = sub.add_parser("pareto", help="the non-dominated runs of the newest sweep")
+    f.add_argument("--experiment", default=None, help="default: the only or newest experiment")
+    f.add_argument("--tracking-uri", default=None)
+    f.add_argument("--sweep", default=None, help="a sweep id (default: the newest)")
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=cmd_pareto)
+
     s = sub.add_parser("slim", help="slim a .lnx model: FLOPs, latency, optional ONNX export")
     s.add_argument("file")
     s.add_argument("--onnx", default=None, help="write the slim network to this .onnx file")
@@ -209,6 +230,86 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     acc = lilnetx.evaluate_accuracy(net.to(device), splits.test, device=device)
     return {"accuracy": acc, "dataset": args.dataset, "file": args.file,
             "size_bytes": c.size_bytes, "test_examples": len(splits.test)}
+
+
+def cmd_sweep(args: argparse.Namespace) -> dict | None:
+    from explorer.space import load_space
+
+    space = load_space(args.space)  # validated before anything starts
+    from explorer.sweep import SweepOptions, run_sweep
+
+    res = run_sweep(space, SweepOptions(
+        tracking_uri=args.tracking_uri, experiment=args.experiment, num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent, address=args.address, resume=args.resume,
+        study_storage=args.study_storage, device=args.device, live=not args.json))
+    out = res.as_dict()
+    out["objectives"] = space.objectives
+    if args.json:
+        return out
+    _print_front(out["front"], space.objectives,
+                 f"{res.sweep}: {res.finished} finished, {res.failed} failed, "
+                 f"hypervolume {res.hypervolume:.4g}")
+    return None
+
+
+def _print_front(rows: list[dict], objectives: dict, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from explorer.pareto import search_metric
+
+    t = Table(title=title)
+    t.add_column("run")
+    cols = [search_metric(o) for o in objectives]
+    for extra in ("accuracy", "size_bytes", "slice_sparsity", "latency_ms"):
+        if extra not in cols:
+            cols.append(extra)
+    for col in cols:
+        t.add_column(col, justify="right")
+    t.add_column("params")
+    for r in rows:
+        m = r["metrics"]
+        t.add_row(r["run_name"] or r["run_id"][:8],
+                  *[f"{m[c]:.4g}" if c in m else "-" for c in cols],
+                  ", ".join(f"{k}={v}" for k, v in sorted(r["params"].items())
+                            if k.startswith("lambda") or k == "lr"))
+    Console().print(t)
+
+
+def cmd_pareto(args: argparse.Namespace) -> dict | None:
+    import json as _json
+
+    from explorer import tracking
+    from explorer.sweep import front_rows
+    from lilnetx.errors import ConfigError
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    tracking.check_server(uri)
+    c = tracking.client(uri)
+    filt = f"tags.`{tracking.TAG_ROLE}` = 'sweep'"
+    if args.sweep:
+        filt += f" and tags.`{tracking.TAG_SWEEP}` = '{args.sweep}'"
+    if args.experiment:
+        exp = c.get_experiment_by_name(args.experiment)
+        if exp is None:
+            raise ConfigError(f"unknown experiment {args.experiment!r}")
+        ids = [exp.experiment_id]
+    else:
+        ids = [e.experiment_id for e in c.search_experiments()]
+    parents = c.search_runs(ids, filter_string=filt, order_by=["attributes.start_time DESC"],
+                            max_results=1) if ids else []
+    if not parents:
+        raise ConfigError("no sweep found" + (f" in experiment {args.experiment!r}"
+                                              if args.experiment else f" at {uri}"))
+    p = parents[0]
+    objectives = _json.loads(p.data.tags[tracking.TAG_OBJECTIVES])
+    rows, hv = front_rows(uri, p.info.experiment_id, p.data.tags[tracking.TAG_SWEEP], objectives)
+    out = {"sweep": p.data.tags[tracking.TAG_SWEEP], "experiment_id": p.info.experiment_id,
+           "objectives": objectives, "hypervolume": hv, "front": rows}
+    if args.json:
+        return out
+    _print_front(rows, objectives, f"{out['sweep']}: front of {len(rows)}, hypervolume {hv:.4g}")
+    return None
 
 
 def cmd_slim(args: argparse.Namespace) -> dict:

@@ -1,0 +1,64 @@
+"""Pareto fronts and hypervolumes over metric dictionaries, on Optuna's implementations.
+
+Optuna keeps these helpers in private modules (``optuna.study._multi_objective``,
+``optuna._hypervolume``); they are wrapped here in one place, and tests/test_pareto.py checks
+them against brute force so an Optuna change cannot go unnoticed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from optuna._hypervolume import compute_hypervolume
+from optuna.study._multi_objective import _is_pareto_front
+
+SEARCH_METRIC = {"accuracy": "val_accuracy"}
+"""The metric a searched objective is measured by: accuracy is selected on the validation split
+so that a sweep never selects on the test set (test accuracy is recorded beside it)."""
+
+
+def search_metric(objective: str) -> str:
+    return SEARCH_METRIC.get(objective, objective)
+
+
+def _losses(points: list[dict], objectives: dict[str, str]) -> np.ndarray:
+    """(n, k) array to minimize: maximized metrics are negated."""
+    cols = [[(-1.0 if d == "max" else 1.0) * float(p[search_metric(o)]) for o, d in objectives.items()]
+            for p in points]
+    return np.asarray(cols, dtype=float).reshape(len(points), len(objectives))
+
+
+def nondominated(points: list[dict], objectives: dict[str, str]) -> list[int]:
+    """Indices of the points no other point dominates (ties on every objective all kept)."""
+    if not points:
+        return []
+    mask = _is_pareto_front(_losses(points, objectives), assume_unique_lexsorted=False)
+    return [i for i, m in enumerate(mask) if m]
+
+
+def reference_point(points: list[dict], objectives: dict[str, str]) -> dict[str, float]:
+    """A reference point worse than every point: 0 for maximized fractions (accuracy,
+    sparsities), else the worst observed value pushed 10% further."""
+    ref = {}
+    for o, d in objectives.items():
+        vals = [float(p[search_metric(o)]) for p in points]
+        if d == "max" and (o.endswith("accuracy") or o.endswith("sparsity")):
+            ref[o] = 0.0
+        elif d == "max":
+            ref[o] = min(vals) - 0.1 * abs(min(vals)) if vals else 0.0
+        else:
+            ref[o] = max(vals) + 0.1 * abs(max(vals)) if vals else 0.0
+    return ref
+
+
+def hypervolume(points: list[dict], objectives: dict[str, str],
+                reference: dict[str, float] | None = None) -> float:
+    """Hypervolume dominated by ``points`` up to ``reference`` (in the objectives' own units)."""
+    if not points:
+        return 0.0
+    reference = reference or reference_point(points, objectives)
+    losses = _losses(points, objectives)
+    ref = np.asarray([(-1.0 if d == "max" else 1.0) * reference[o] for o, d in objectives.items()])
+    inside = np.all(losses < ref, axis=1)
+    if not inside.any():
+        return 0.0
+    return float(compute_hypervolume(losses[inside], ref))

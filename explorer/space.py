@@ -1,0 +1,226 @@
+"""Search spaces: YAML files over the LilNetX tradeoff, validated with a schema.
+
+See the README for the form. Every error names the field path (``params.lambda_rate``) and what
+is allowed; nothing starts before the whole file is valid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+import yaml
+
+from lilnetx.errors import ConfigError
+
+SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
+OBJECTIVES = ("accuracy", "val_accuracy", "size_bytes", "compression_ratio", "bits_estimate",
+              "flops", "latency_ms", "weight_sparsity", "slice_sparsity", "channel_sparsity")
+METHODS = ("lilnetx",)
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "prior_lr", "lambda_rate", "lambda_sparsity",
+              "lambda_l2", "warmup_epochs", "seed")
+"""Hyperparameters of :class:`lilnetx.TrainConfig` a space may fix or search."""
+SPEC_KEYS = ("width", "limit", "val_fraction")
+"""Hyperparameters of :class:`lilnetx.experiment.RunSpec` a space may fix or search."""
+PARAM_KEYS = TRAIN_KEYS + SPEC_KEYS
+INT_KEYS = ("epochs", "batch_size", "seed", "limit")
+
+_number = {"type": "number"}
+_dist = {
+    "type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+    "properties": {
+        "uniform": {"type": "array", "items": _number, "minItems": 2, "maxItems": 2},
+        "loguniform": {"type": "array", "items": _number, "minItems": 2, "maxItems": 2},
+        "int": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
+        "choice": {"type": "array", "minItems": 1,
+                   "items": {"type": ["number", "string", "boolean"]}},
+    },
+}
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["model", "dataset", "objectives", "params"],
+    "properties": {
+        "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.\-]{1,64}$"},
+        "description": {"type": "string"},
+        "model": {"type": "string", "minLength": 1},
+        "dataset": {"type": "string", "minLength": 1},
+        "data_root": {"type": ["string", "null"]},
+        "method": {"enum": list(METHODS)},
+        "train": {"type": "object", "additionalProperties": False,
+                  "properties": {k: {"type": ["number", "null"]} for k in PARAM_KEYS}
+                  | {"device": {"type": ["string", "null"]}}},
+        "objectives": {"type": "object", "minProperties": 2, "maxProperties": 3,
+                       "propertyNames": {"enum": list(OBJECTIVES)},
+                       "additionalProperties": {"enum": ["max", "min"]}},
+        "search": {"type": "object", "additionalProperties": False, "properties": {
+            "sampler": {"enum": list(SAMPLERS)},
+            "num_samples": {"type": "integer", "minimum": 1, "maximum": 100000},
+            "max_concurrent": {"type": "integer", "minimum": 1, "maximum": 4096},
+            "cpus_per_trial": {"type": "number", "exclusiveMinimum": 0},
+            "gpus_per_trial": {"type": "number", "minimum": 0},
+            "seed": {"type": "integer"},
+        }},
+        "params": {"type": "object", "minProperties": 1,
+                   "propertyNames": {"enum": list(PARAM_KEYS)},
+                   "additionalProperties": {"anyOf": [_number, _dist]}},
+    },
+}
+
+
+@dataclass
+class SearchSpace:
+    """A validated search space. ``params`` maps names to a fixed value or a distribution dict."""
+
+    name: str
+    model: str
+    dataset: str
+    objectives: dict[str, str]
+    params: dict[str, Any]
+    method: str = "lilnetx"
+    data_root: str | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+    sampler: str = "tpe"
+    num_samples: int = 12
+    max_concurrent: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    seed: int = 0
+    source: str = ""
+
+    def searched(self) -> dict[str, dict]:
+        """The parameters with a distribution."""
+        return {k: v for k, v in self.params.items() if isinstance(v, dict)}
+
+    def fixed(self) -> dict[str, Any]:
+        """Fixed values: the ``train`` section, then plain values in ``params``."""
+        out = {k: v for k, v in self.train.items() if v is not None}
+        out.update({k: v for k, v in self.params.items() if not isinstance(v, dict)})
+        return out
+
+
+def _path(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _schema_message(e: jsonschema.ValidationError) -> str:
+    v = e.validator
+    if v == "additionalProperties" and e.path:
+        return e.message
+    if v == "additionalProperties":
+        return f"{e.message}; allowed keys: {', '.join(SCHEMA['properties'])}"
+    if v == "propertyNames":
+        allowed = e.schema.get("enum") if isinstance(e.schema, dict) else None
+        return f"{e.message}; allowed: {', '.join(allowed)}" if allowed else e.message
+    if v == "anyOf":
+        return (f"{e.instance!r} is neither a number nor a distribution "
+                "({uniform|loguniform|int: [lo, hi]} or {choice: [...]})")
+    return e.message
+
+
+def validate(doc: Any, *, source: str = "") -> SearchSpace:
+    """Check a parsed YAML document and return a :class:`SearchSpace`.
+
+    Raises :class:`ConfigError` naming the field path and what is allowed.
+    """
+    from lilnetx.data import dataset_names
+    from lilnetx.models import model_names
+
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source or 'search space'}: top level must be a mapping of keys, "
+                          f"but got {type(doc).__name__}")
+    errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(doc),
+                    key=lambda e: (len(list(e.absolute_path)), str(list(e.absolute_path))))
+    if errors:
+        e = errors[-1] if errors[-1].absolute_path else errors[0]
+        raise ConfigError(f"{_path(e)}: {_schema_message(e)}")
+    model = doc["model"]
+    if not model.startswith("tv:") and model not in model_names():
+        raise ConfigError(f"model: unknown model {model!r}; allowed: "
+                          f"{', '.join(model_names())}, tv:NAME")
+    dataset = doc["dataset"]
+    names = [n for n in dataset_names() if not n.startswith("imagefolder")]
+    if dataset not in names and not dataset.startswith("imagefolder:"):
+        raise ConfigError(f"dataset: unknown dataset {dataset!r}; allowed: "
+                          f"{', '.join(names)}, imagefolder:PATH")
+    for key, spec in doc["params"].items():
+        _check_param(f"params.{key}", key, spec)
+    for key, value in (doc.get("train") or {}).items():
+        if key != "device" and value is not None:
+            _check_param(f"train.{key}", key, value)
+    search = doc.get("search") or {}
+    sampler = search.get("sampler", "tpe")
+    if sampler == "grid":
+        for key, spec in doc["params"].items():
+            if isinstance(spec, dict) and "choice" not in spec:
+                raise ConfigError(f"params.{key}: the grid sampler needs {{choice: [...]}} "
+                                  f"distributions, but got {next(iter(spec))}")
+    return SearchSpace(
+        name=doc.get("name") or "lilnetx", model=model, dataset=dataset,
+        objectives=dict(doc["objectives"]), params=dict(doc["params"]),
+        method=doc.get("method", "lilnetx"), data_root=doc.get("data_root"),
+        train=dict(doc.get("train") or {}), sampler=sampler,
+        num_samples=int(search.get("num_samples", 12)),
+        max_concurrent=int(search.get("max_concurrent", 2)),
+        cpus_per_trial=float(search.get("cpus_per_trial", 1)),
+        gpus_per_trial=float(search.get("gpus_per_trial", 0)),
+        seed=int(search.get("seed", 0)), source=source,
+    )
+
+
+def _check_param(path: str, key: str, spec: Any) -> None:
+    def check_value(v: Any) -> None:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ConfigError(f"{path}: must be a finite number, but got {v!r}")
+        if key in INT_KEYS and not float(v).is_integer():
+            raise ConfigError(f"{path}: must be an integer, but got {v!r}")
+        if key in ("epochs", "batch_size", "limit", "lr", "width") and v <= 0:
+            raise ConfigError(f"{path}: must be positive, but got {v!r}")
+        if v < 0:
+            raise ConfigError(f"{path}: must be non-negative, but got {v!r}")
+        if key == "val_fraction" and not v < 0.5:
+            raise ConfigError(f"{path}: must be in [0, 0.5), but got {v!r}")
+
+    if not isinstance(spec, dict):
+        check_value(spec)
+        return
+    kind, args = next(iter(spec.items()))
+    if kind == "choice":
+        for v in args:
+            check_value(v)
+        return
+    lo, hi = args
+    if lo > hi:
+        raise ConfigError(f"{path}.{kind}: low must not exceed high, but got [{lo}, {hi}]")
+    if kind == "loguniform" and lo <= 0:
+        raise ConfigError(f"{path}.loguniform: bounds must be > 0, but got [{lo}, {hi}]")
+    if kind == "int" and key not in INT_KEYS:
+        raise ConfigError(f"{path}: {key} is not an integer parameter; use uniform or loguniform")
+    if kind != "int" and key in INT_KEYS:
+        raise ConfigError(f"{path}: {key} is an integer parameter; use int or choice")
+    check_value(lo)
+    check_value(hi)
+
+
+def load_space(path: str | os.PathLike) -> SearchSpace:
+    """Read and validate a YAML search space file (``yaml.safe_load``)."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read search space {path!r}: {e.strerror}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: "
+                          f"{getattr(e, 'problem', None) or e}") from None
+    space = validate(doc, source=path)
+    space.source = text
+    return space

@@ -1,0 +1,257 @@
+"""The sweep driver: Optuna searches (through Ray Tune's OptunaSearch), Ray Tune runs the
+trials, MLflow records them. The study lives in durable Optuna storage under a fixed name, so
+``--resume`` continues it after the driver dies, whatever happened to Ray's own state."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from lilnetx.errors import ConfigError
+
+from . import tracking
+from .pareto import hypervolume, nondominated, search_metric
+from .space import SearchSpace
+
+
+@dataclass
+class SweepOptions:
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    num_samples: int | None = None
+    max_concurrent: int | None = None
+    address: str | None = None
+    resume: bool = False
+    study_storage: str | None = None
+    device: str | None = None
+    live: bool = True
+
+
+@dataclass
+class SweepResult:
+    sweep: str
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    finished: int
+    failed: int
+    front: list[dict] = field(default_factory=list)
+    hypervolume: float = 0.0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def make_sampler(space: SearchSpace):
+    import optuna
+
+    s = space.sampler
+    if s == "tpe":
+        return optuna.samplers.TPESampler(seed=space.seed, multivariate=True)
+    if s == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=space.seed)
+    if s == "gp":
+        return optuna.samplers.GPSampler(seed=space.seed)
+    if s == "random":
+        return optuna.samplers.RandomSampler(seed=space.seed)
+    grid = {k: list(v["choice"]) for k, v in space.searched().items()}
+    return optuna.samplers.GridSampler(grid, seed=space.seed)
+
+
+class DefineByRun:
+    """The Optuna define-by-run function: suggests the searched parameters and passes the trial
+    number on, so a trial's MLflow run can be matched to its study trial. A class (not a
+    closure) so Ray can pickle the searcher."""
+
+    def __init__(self, searched: dict[str, dict]):
+        self.searched = searched
+
+    def __call__(self, trial) -> dict:
+        for name, dist in self.searched.items():
+            kind, args = next(iter(dist.items()))
+            if kind == "uniform":
+                trial.suggest_float(name, args[0], args[1])
+            elif kind == "loguniform":
+                trial.suggest_float(name, args[0], args[1], log=True)
+            elif kind == "int":
+                trial.suggest_int(name, args[0], args[1])
+            else:
+                trial.suggest_categorical(name, list(args))
+        return {"optuna_trial": trial.number}
+
+
+def study_storage(opts: SweepOptions, uri: str):
+    """Optuna storage: ``--study-storage`` (an RDB URL or a journal file path), else a journal
+    file beside the sqlite tracking database (or in the cwd)."""
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    target = opts.study_storage
+    if target and "://" in target:
+        return RDBStorage(target, engine_kwargs={"pool_pre_ping": True})
+    if not target:
+        base = (os.path.dirname(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///")
+                else os.getcwd())
+        target = os.path.join(base, "optuna-studies.journal")
+    del optuna
+    return JournalStorage(JournalFileBackend(os.path.abspath(target)))
+
+
+def _reconcile(study, uri: str, experiment_id: str, sweep: str, objectives: dict) -> None:
+    """After a driver died: tell the study about trials whose MLflow run finished, fail the
+    rest of the RUNNING ones, and mark their MLflow runs KILLED."""
+    from optuna.trial import TrialState
+
+    runs = {r.data.tags.get(tracking.TAG_TRIAL): r
+            for r in tracking.child_runs(uri, experiment_id, sweep)}
+    c = tracking.client(uri)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        run = runs.get(str(t.number))
+        m = run.data.metrics if run is not None else {}
+        vals = [m.get(search_metric(o)) for o in objectives]
+        if run is not None and run.info.status == "FINISHED" and all(
+                v is not None and math.isfinite(v) for v in vals):
+            study.tell(t.number, vals, state=TrialState.COMPLETE)
+            continue
+        study.tell(t.number, state=TrialState.FAIL)
+        if run is not None and run.info.status == "RUNNING":
+            c.set_tag(run.info.run_id, tracking.TAG_ERROR, "driver stopped before the trial ended")
+            c.set_terminated(run.info.run_id, "KILLED")
+    for run in runs.values():  # trial runs with no study trial left RUNNING (driver died early)
+        if run.info.status == "RUNNING":
+            c.set_terminated(run.info.run_id, "KILLED")
+
+
+def front_rows(uri: str, experiment_id: str, sweep: str, objectives: dict) -> tuple[list, float]:
+    """Finished runs of the sweep on the front (run id, params, metrics) and its hypervolume."""
+    runs = [r for r in tracking.child_runs(uri, experiment_id, sweep, status="FINISHED")
+            if all(search_metric(o) in r.data.metrics for o in objectives)]
+    points = [r.data.metrics for r in runs]
+    idx = nondominated(points, objectives)
+    rows = [{"run_id": runs[i].info.run_id, "run_name": runs[i].info.run_name,
+             "params": dict(runs[i].data.params), "metrics": dict(runs[i].data.metrics)}
+            for i in idx]
+    rows.sort(key=lambda r: [r["metrics"][search_metric(o)] * (-1 if d == "max" else 1)
+                             for o, d in objectives.items()])
+    return rows, hypervolume([points[i] for i in idx], objectives) if idx else 0.0
+
+
+def check_ray_address(address: str, timeout: float = 10.0) -> None:
+    """Raise :class:`ConfigError` quickly when a Ray cluster address does not answer."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.replace("ray://", "").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"Ray cluster at {address!r} is unreachable: {e}") from None
+
+
+def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepResult:
+    """Run (or resume) the sweep of ``space``; returns the front from MLflow's finished runs."""
+    import optuna
+    from optuna.trial import TrialState
+
+    start = time.time()
+    uri = tracking.resolve_tracking_uri(opts.tracking_uri)
+    tracking.check_server(uri)
+    if opts.address:
+        check_ray_address(opts.address)
+    experiment = opts.experiment or space.name
+    num_samples = opts.num_samples or space.num_samples
+    max_concurrent = opts.max_concurrent or space.max_concurrent
+    exp_id = tracking.ensure_experiment(uri, experiment)
+    c = tracking.client(uri)
+    parent = tracking.find_parent(uri, exp_id, space.name) if opts.resume else None
+    if opts.resume and parent is None:
+        raise ConfigError(f"nothing to resume: no sweep of {space.name!r} in experiment "
+                          f"{experiment!r}")
+    if parent is None:
+        sweep = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        parent = c.create_run(exp_id, run_name=sweep, tags={
+            tracking.TAG_ROLE: "sweep", tracking.TAG_SWEEP: sweep, "lilnetx.space": space.name,
+            tracking.TAG_METHOD: space.method,
+            tracking.TAG_OBJECTIVES: json.dumps(space.objectives)})
+        tracking.log_params(uri, parent.info.run_id, {
+            "model": space.model, "dataset": space.dataset, "sampler": space.sampler,
+            "num_samples": num_samples, "max_concurrent": max_concurrent})
+        c.log_text(parent.info.run_id, space.source, "search_space.yaml")
+    else:
+        sweep = parent.data.tags[tracking.TAG_SWEEP]
+        c.update_run(parent.info.run_id, status="RUNNING")
+    parent_id = parent.info.run_id
+    storage = study_storage(opts, uri)
+    directions = ["maximize" if d == "max" else "minimize" for d in space.objectives.values()]
+    sampler = make_sampler(space)
+    study = optuna.create_study(study_name=sweep, storage=storage, directions=directions,
+                                sampler=sampler, load_if_exists=True)
+    study.set_metric_names([search_metric(o) for o in space.objectives])
+    if opts.resume:
+        _reconcile(study, uri, exp_id, sweep, space.objectives)
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    remaining = num_samples - done
+    if remaining > 0:
+        _run_tune(space, opts, uri, exp_id, sweep, parent_id, storage, sampler, remaining,
+                  max_concurrent)
+    # A trial whose tell was lost (driver interrupted) is settled from MLflow, never left RUNNING.
+    _reconcile(study, uri, exp_id, sweep, space.objectives)
+    rows, hv = front_rows(uri, exp_id, sweep, space.objectives)
+    finished = len(tracking.child_runs(uri, exp_id, sweep, status="FINISHED"))
+    failed = len(tracking.child_runs(uri, exp_id, sweep, status="FAILED"))
+    tracking.log_metrics(uri, parent_id, {"front_size": len(rows), "hypervolume": hv,
+                                          "finished_trials": finished, "failed_trials": failed})
+    c.set_terminated(parent_id, "FINISHED")
+    return SweepResult(sweep=sweep, experiment=experiment, experiment_id=exp_id,
+                       parent_run_id=parent_id, finished=finished, failed=failed, front=rows,
+                       hypervolume=hv, seconds=time.time() - start)
+
+
+def _run_tune(space, opts, uri, exp_id, sweep, parent_id, storage, sampler, remaining,
+              max_concurrent) -> None:
+    import ray
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from .live import LiveView
+    from .trial import tune_trainable
+
+    ctx = {
+        "tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent_id, "sweep": sweep,
+        "model": space.model, "dataset": space.dataset, "method": space.method,
+        "data_root": space.data_root, "objectives": space.objectives, "fixed": space.fixed(),
+        "cpus_per_trial": space.cpus_per_trial, "device": opts.device or space.train.get("device"),
+        "gate_dir": os.path.join("/tmp", f"lilnetx-gate-{os.getuid()}"),
+    }
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR", configure_logging=True)
+    searcher = OptunaSearch(DefineByRun(space.searched()),
+                            metric=[search_metric(o) for o in space.objectives],
+                            mode=list(space.objectives.values()), sampler=sampler,
+                            study_name=sweep, storage=storage)
+    resources = {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(tune_trainable, ctx=ctx), resources)
+    storage_path = os.path.abspath(os.path.join(".lilnetx", "ray_results"))
+    live = LiveView(space, remaining, enabled=opts.live)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent),
+                                    num_samples=remaining, max_concurrent_trials=max_concurrent),
+        run_config=tune.RunConfig(name=sweep, storage_path=storage_path, verbose=0,
+                                  callbacks=[live],
+                                  failure_config=tune.FailureConfig(max_failures=0,
+                                                                    fail_fast=False)),
+    )
+    with live:
+        tuner.fit()
