@@ -247,11 +247,16 @@ def _run_tune(space, opts, uri, exp_id, sweep, parent_id, storage, sampler, rema
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent),
-                                    num_samples=remaining, max_concurrent_trials=max_concurrent),
+                                    num_samples=remaining, max_concurrent_trials=max_concurrent,
+                                    reuse_actors=True),
         run_config=tune.RunConfig(name=sweep, storage_path=storage_path, verbose=0,
                                   callbacks=[live],
                                   failure_config=tune.FailureConfig(max_failures=0,
                                                                     fail_fast=False)),
     )
-    with live:
+    import contextlib
+    import sys
+
+    # Ray Tune prints its own banners on stdout; stdout is reserved for results (--json).
+    with live, contextlib.redirect_stdout(sys.stderr):
         tuner.fit()
