@@ -9,6 +9,7 @@ import math
 import os
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 
 from lilnetx.errors import ConfigError
@@ -194,7 +195,9 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepResult:
     sampler = make_sampler(space)
     study = optuna.create_study(study_name=sweep, storage=storage, directions=directions,
                                 sampler=sampler, load_if_exists=True)
-    study.set_metric_names([search_metric(o) for o in space.objectives])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([search_metric(o) for o in space.objectives])
     if opts.resume:
         _reconcile(study, uri, exp_id, sweep, space.objectives)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))

@@ -1,0 +1,208 @@
+"""Sweeps with real Ray, Optuna and MLflow on sqlite (tiny: digits, LeNet-5, 1 epoch)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.sweep]
+
+SPACE = """
+name: {name}
+model: lenet5
+dataset: digits
+train: {{epochs: 1, batch_size: 128, seed: 0}}
+objectives: {{accuracy: max, size_bytes: min}}
+search: {{sampler: {sampler}, num_samples: {n}, max_concurrent: {k}, cpus_per_trial: {cpus}, seed: 0}}
+params:
+{params}
+"""
+LAMBDAS = ("  lambda_rate: {loguniform: [1.0e-4, 1.0]}\n"
+           "  lambda_sparsity: {loguniform: [1.0e-6, 1.0e-2]}")
+
+
+def write_space(path, name, n=4, k=2, sampler="tpe", cpus=1, params=LAMBDAS):
+    path.write_text(SPACE.format(name=name, n=n, k=k, sampler=sampler, cpus=cpus, params=params))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def trial_runs(uri, experiment):
+    from explorer import tracking
+
+    exp = tracking.client(uri).get_experiment_by_name(experiment)
+    return tracking.child_runs(uri, exp.experiment_id)
+
+
+def run(space_path, tmp_path, experiment, **kw):
+    from explorer.space import load_space
+    from explorer.sweep import SweepOptions, run_sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = run_sweep(load_space(space_path),
+                    SweepOptions(tracking_uri=uri, experiment=experiment, live=False, **kw))
+    return uri, res
+
+
+def test_four_trials_recorded_and_pareto(tmp_path, monkeypatch, ray_session, capsys):
+    from explorer import tracking
+    from explorer.cli import main
+    from explorer.pareto import nondominated
+
+    monkeypatch.chdir(tmp_path)
+    uri, res = run(write_space(tmp_path / "s.yaml", "four"), tmp_path, "four")
+    assert res.finished == 4 and res.failed == 0
+    runs = trial_runs(uri, "four")
+    assert len(runs) == 4
+    c = tracking.client(uri)
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        m = r.data.metrics
+        for key in ("accuracy", "val_accuracy", "size_bytes", "compression_ratio",
+                    "bits_estimate", "flops", "latency_ms", "slice_sparsity", "params"):
+            assert key in m, key
+        assert 0 <= m["accuracy"] <= 1 and m["size_bytes"] > 100
+        assert {"lambda_rate", "lambda_sparsity", "epochs", "model"} <= set(r.data.params)
+        assert r.data.tags["mlflow.parentRunId"] == res.parent_run_id
+        assert r.data.tags["lilnetx.method"] == "lilnetx"
+        assert r.data.tags["lilnetx.sweep"] == res.sweep
+        names = {a.path for a in c.list_artifacts(r.info.run_id)}
+        assert {"model.lnx", "layers.json"} <= names
+        curve = c.get_metric_history(r.info.run_id, "val_accuracy")
+        assert [p.step for p in curve if p.step > 0] == [1]
+    parent = c.get_run(res.parent_run_id)
+    assert parent.data.metrics["front_size"] == len(res.front)
+    assert parent.data.metrics["hypervolume"] > 0
+    assert "search_space.yaml" in {a.path for a in c.list_artifacts(res.parent_run_id)}
+    # The model file of a trial is a real .lnx that evaluates to the recorded accuracy.
+    best = runs[0]
+    local = c.download_artifacts(best.info.run_id, "model.lnx", str(tmp_path))
+    import lilnetx
+    from lilnetx import fileformat
+
+    net = fileformat.load(local)
+    splits = lilnetx.create_dataset("digits")
+    assert lilnetx.evaluate_accuracy(net, splits.test) == pytest.approx(
+        best.data.metrics["accuracy"], abs=1e-12)
+
+    capsys.readouterr()
+    assert main(["pareto", "--experiment", "four", "--tracking-uri", uri, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    objectives = {"accuracy": "max", "size_bytes": "min"}
+    points = [r.data.metrics for r in runs]
+    expected = {runs[i].info.run_id for i in nondominated(points, objectives)}
+    # brute force, independent of the helper
+    def dominated(p, q):
+        return (q["val_accuracy"] >= p["val_accuracy"] and q["size_bytes"] <= p["size_bytes"]
+                and (q["val_accuracy"] > p["val_accuracy"] or q["size_bytes"] < p["size_bytes"]))
+    brute = {r.info.run_id for r in runs
+             if not any(dominated(r.data.metrics, o.data.metrics) for o in runs)}
+    assert expected == brute
+    assert {row["run_id"] for row in out["front"]} == brute
+
+
+def test_failing_trial_is_recorded_and_the_rest_finish(tmp_path, monkeypatch, ray_session):
+    from optuna.trial import TrialState
+
+    monkeypatch.chdir(tmp_path)
+    params = "  lr: {choice: [0.01, 1.0e+30]}\n  lambda_rate: 1.0e-4"
+    uri, res = run(write_space(tmp_path / "f.yaml", "fail", n=2, sampler="grid", params=params),
+                   tmp_path, "fail")
+    runs = trial_runs(uri, "fail")
+    status = sorted(r.info.status for r in runs)
+    assert status == ["FAILED", "FINISHED"]
+    bad = next(r for r in runs if r.info.status == "FAILED")
+    assert float(bad.data.params["lr"]) == 1e30
+    assert "loss is" in bad.data.tags["lilnetx.error"]
+    import optuna
+
+    from explorer.sweep import SweepOptions, study_storage
+
+    storage = study_storage(SweepOptions(), uri)
+    study = optuna.load_study(study_name=res.sweep, storage=storage)
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "FAIL"]
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+def test_eight_concurrent_trials_lose_nothing(tmp_path, monkeypatch, ray_session):
+    monkeypatch.chdir(tmp_path)
+    uri, res = run(write_space(tmp_path / "c.yaml", "eight", n=8, k=8, sampler="random",
+                               cpus=0.25), tmp_path, "eight")
+    runs = trial_runs(uri, "eight")
+    assert len(runs) == 8 and res.finished == 8
+    trials = sorted(int(r.data.tags["lilnetx.trial"]) for r in runs)
+    assert trials == list(range(8))
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert {"accuracy", "size_bytes", "latency_ms", "flops"} <= set(r.data.metrics)
+
+
+def _finished(uri, experiment):
+    try:
+        return [r for r in trial_runs(uri, experiment) if r.info.status == "FINISHED"]
+    except Exception:
+        return []
+
+
+def test_kill_driver_then_resume(tmp_path):
+    """kill -9 of the driver (its whole process group, as when a machine dies), then --resume:
+    exactly num_samples finished runs, no duplicate trial in MLflow or in the study."""
+    import optuna
+
+    from explorer.sweep import SweepOptions, study_storage
+
+    space = write_space(tmp_path / "k.yaml", "killme", n=4, k=1)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "explorer.cli", "sweep", space, "--tracking-uri", uri, "--json"]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and len(_finished(uri, "killme")) < 1:
+            assert proc.poll() is None, "sweep ended before it could be killed"
+            time.sleep(1)
+        assert len(_finished(uri, "killme")) >= 1
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    time.sleep(1)
+    first = len(_finished(uri, "killme"))
+    assert first < 4
+    out = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600, start_new_session=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout)
+    runs = _finished(uri, "killme")
+    assert len(runs) == 4 and res["finished"] == 4
+    numbers = [r.data.tags["lilnetx.trial"] for r in runs]
+    assert len(set(numbers)) == 4
+    statuses = {r.info.status for r in trial_runs(uri, "killme")}
+    assert "RUNNING" not in statuses
+    study = optuna.load_study(study_name=res["sweep"], storage=study_storage(SweepOptions(), uri))
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
