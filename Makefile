@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml $(BIN)/python
 
 install: $(STAMP)
 
+# The main job on the embedded default: the demo sweep into ./mlflow.db, then its front.
 demo: $(STAMP)
-	$(BIN)/lilnetx train --model lenet5 --dataset fashion_mnist --epochs 3 --lambda-rate 1e-4 --lambda-sparsity 1e-6 --out out/demo.lnx
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/lilnetx sweep search_spaces/demo.yaml
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/lilnetx pareto --experiment demo
 
 test: $(STAMP)
 	$(BIN)/ruff check lilnetx explorer dashboards tests benchmarks
