@@ -8,8 +8,6 @@ them against brute force so an Optuna change cannot go unnoticed.
 from __future__ import annotations
 
 import numpy as np
-from optuna._hypervolume import compute_hypervolume
-from optuna.study._multi_objective import _is_pareto_front
 
 SEARCH_METRIC = {"accuracy": "val_accuracy"}
 """The metric a searched objective is measured by: accuracy is selected on the validation split
@@ -31,6 +29,8 @@ def nondominated(points: list[dict], objectives: dict[str, str]) -> list[int]:
     """Indices of the points no other point dominates (ties on every objective all kept)."""
     if not points:
         return []
+    from optuna.study._multi_objective import _is_pareto_front
+
     mask = _is_pareto_front(_losses(points, objectives), assume_unique_lexsorted=False)
     return [i for i, m in enumerate(mask) if m]
 
@@ -61,4 +61,6 @@ def hypervolume(points: list[dict], objectives: dict[str, str],
     inside = np.all(losses < ref, axis=1)
     if not inside.any():
         return 0.0
+    from optuna._hypervolume import compute_hypervolume
+
     return float(compute_hypervolume(losses[inside], ref))

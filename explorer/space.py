@@ -16,6 +16,8 @@ import yaml
 
 from lilnetx.errors import ConfigError
 
+from .pareto import search_metric
+
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 OBJECTIVES = ("accuracy", "val_accuracy", "size_bytes", "compression_ratio", "bits_estimate",
               "flops", "latency_ms", "weight_sparsity", "slice_sparsity", "channel_sparsity")
@@ -109,8 +111,12 @@ def _path(error: jsonschema.ValidationError) -> str:
 
 def _schema_message(e: jsonschema.ValidationError) -> str:
     v = e.validator
+    if v in ("minProperties", "maxProperties") and list(e.absolute_path) == ["objectives"]:
+        return (f"needs 2 or 3 objectives, but got {len(e.instance)}; allowed metrics: "
+                f"{', '.join(OBJECTIVES)}")
     if v == "additionalProperties" and e.path:
-        return e.message
+        allowed = ", ".join(e.schema.get("properties", {}))
+        return f"{e.message}; allowed keys: {allowed}" if allowed else e.message
     if v == "additionalProperties":
         return f"{e.message}; allowed keys: {', '.join(SCHEMA['properties'])}"
     if v == "propertyNames":
@@ -139,14 +145,28 @@ def validate(doc: Any, *, source: str = "") -> SearchSpace:
         e = errors[-1] if errors[-1].absolute_path else errors[0]
         raise ConfigError(f"{_path(e)}: {_schema_message(e)}")
     model = doc["model"]
-    if not model.startswith("tv:") and model not in model_names():
+    if model.startswith("tv:"):
+        from torchvision import models as tvm
+
+        if model[3:] not in tvm.list_models(module=tvm):
+            raise ConfigError(f"model: unknown torchvision classifier {model!r}; allowed: "
+                              "tv:NAME with NAME from torchvision.models.list_models(), "
+                              "e.g. tv:resnet18")
+    elif model not in model_names():
         raise ConfigError(f"model: unknown model {model!r}; allowed: "
                           f"{', '.join(model_names())}, tv:NAME")
     dataset = doc["dataset"]
     names = [n for n in dataset_names() if not n.startswith("imagefolder")]
-    if dataset not in names and not dataset.startswith("imagefolder:"):
+    if dataset not in names and not (dataset.startswith("imagefolder:") and dataset[12:].strip()):
         raise ConfigError(f"dataset: unknown dataset {dataset!r}; allowed: "
-                          f"{', '.join(names)}, imagefolder:PATH")
+                          f"{', '.join(names)}, imagefolder:PATH (a non-empty path)")
+    seen: dict[str, str] = {}
+    for o in doc["objectives"]:
+        m = search_metric(o)
+        if m in seen:
+            raise ConfigError(f"objectives: {seen[m]!r} and {o!r} are both searched on {m!r}; "
+                              "keep one of them")
+        seen[m] = o
     for key, spec in doc["params"].items():
         _check_param(f"params.{key}", key, spec)
     for key, value in (doc.get("train") or {}).items():
@@ -206,6 +226,20 @@ def _check_param(path: str, key: str, spec: Any) -> None:
     check_value(hi)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in keys:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (given twice)", key_node.start_mark)
+            keys.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_space(path: str | os.PathLike) -> SearchSpace:
     """Read and validate a YAML search space file (``yaml.safe_load``)."""
     path = os.fspath(path)
@@ -215,7 +249,7 @@ def load_space(path: str | os.PathLike) -> SearchSpace:
     except OSError as e:
         raise ConfigError(f"cannot read search space {path!r}: {e.strerror}") from None
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # a yaml.SafeLoader: no object tags
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
