@@ -125,17 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _progress(enabled: bool):
     """A rich progress bar on stderr; a no-op callback when disabled."""
     if not enabled:
-        return None, None
+        return None, None, None
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     prog = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                    console=Console(stderr=True), transient=False)
+                    console=Console(stderr=True), transient=False, auto_refresh=False)
     task = prog.add_task("train", total=None, epoch=1, info="")
-    state = {"last": ""}
+    state = {"last": "", "started": False}
 
     def cb(ev: dict) -> None:
+        if not state["started"]:  # nothing on screen before training really starts
+            state["started"] = True
+            prog.auto_refresh = True
+            prog.start()
         if ev["event"] == "step":
             if ev["step"] == 1:
                 prog.reset(task, total=ev["steps"], epoch=ev["epoch"], info="")
@@ -148,7 +152,7 @@ def _progress(enabled: bool):
                 f"val acc {ev['val_accuracy']:.3f}"
                 + (f", bits {ev['bits_estimate']:.0f}" if "bits_estimate" in ev else ""))
 
-    return prog, cb
+    return prog, cb, state
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
@@ -160,18 +164,21 @@ def cmd_train(args: argparse.Namespace) -> dict:
         lambda_rate=args.lambda_rate, lambda_sparsity=args.lambda_sparsity,
         lambda_l2=args.lambda_l2, warmup_epochs=args.warmup_epochs, seed=args.seed,
         device=args.device)
+    if args.onnx and not args.out:
+        raise UsageError("--onnx needs --out FILE.lnx")
     spec = RunSpec(model=args.model, dataset=args.dataset, method=args.method, width=args.width,
                    data_root=args.data_root, limit=args.limit, train=cfg).validate()
-    prog, cb = _progress(not args.json)
+    prog, cb, state = _progress(not args.json)
     if prog is not None:
-        with prog:
+        try:
             outcome = lilnetx.run(spec, cb)
+        finally:
+            if state["started"]:
+                prog.stop()
     else:
         outcome = lilnetx.run(spec)
     summary = dict(outcome.summary)
     summary.update({"model": args.model, "dataset": args.dataset, "method": args.method})
-    if args.onnx and not args.out:
-        raise UsageError("--onnx needs --out FILE.lnx")
     if args.out:
         from lilnetx.experiment import finalize
 

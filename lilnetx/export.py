@@ -11,7 +11,7 @@ from torch import nn
 from . import fileformat
 from .errors import ConfigError
 from .latency import latency_ms
-from .slim import count_macs, slim
+from .slimming import count_macs, slim
 
 
 def example_input(arch: dict, batch: int = 1) -> torch.Tensor:

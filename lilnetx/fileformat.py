@@ -16,6 +16,7 @@ symbol), ``decoders`` (float32), ``floats`` (float32 biases, BatchNorm and other
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import zlib
@@ -28,7 +29,7 @@ from torch import nn
 
 from . import codec
 from .errors import FormatError
-from .latent import decode_exact
+from .latent import decode_exact, group_key
 from .model import LilNetXModel, convertible_layers, decode
 
 MAGIC = b"LNX\x00"
@@ -59,10 +60,10 @@ def _unzjson(data: bytes, what: str) -> dict:
     try:
         d = zlib.decompressobj()
         raw = d.decompress(data, MAX_JSON_BYTES)
-        if d.unconsumed_tail or not d.eof:
-            raise FormatError(f"{what} section is truncated or too large")
+        if d.unconsumed_tail or not d.eof or d.unused_data:
+            raise FormatError(f"{what} section is truncated, too large or followed by garbage")
         obj = json.loads(raw.decode("utf-8"))
-    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise FormatError(f"{what} section is corrupt: {e}") from None
     if not isinstance(obj, dict):
         raise FormatError(f"{what} section is not a JSON object")
@@ -174,22 +175,27 @@ def read(path: str | os.PathLike) -> Container:
 
 
 def _shape(obj, what: str) -> tuple[int, ...]:
-    if not isinstance(obj, list) or not all(isinstance(s, int) and 0 <= s < MAX_ELEMENTS for s in obj):
+    if not isinstance(obj, list) or not all(
+            type(v) is int and 0 <= v < MAX_ELEMENTS for v in obj):
         raise FormatError(f"bad shape for {what}: {obj!r}")
-    n = 1
-    for s in obj:
-        n *= s
-    if n > MAX_ELEMENTS:
+    if math.prod(obj) > MAX_ELEMENTS:
         raise FormatError(f"shape of {what} is too large: {obj!r}")
     return tuple(obj)
 
 
+def _int(obj, what: str, lo: int = -(1 << 31), hi: int = 1 << 31) -> int:
+    if type(obj) is not int or not lo <= obj <= hi:
+        raise FormatError(f"bad value for {what}: {obj!r}")
+    return obj
+
+
 class _Reader:
+    """Sequential reads of little-endian elements from one section, checked against its length."""
+
     def __init__(self, buf: bytes, dtype: str, what: str):
-        self.arr = np.frombuffer(buf, dtype=dtype) if len(buf) % np.dtype(dtype).itemsize == 0 \
-            else None
-        if self.arr is None:
+        if len(buf) % np.dtype(dtype).itemsize:
             raise FormatError(f"{what} section has a partial element")
+        self.arr = np.frombuffer(buf, dtype=dtype)
         self.pos, self.what = 0, what
 
     def take(self, n: int) -> np.ndarray:
@@ -204,91 +210,157 @@ class _Reader:
             raise FormatError(f"{self.what} section is longer than the index says")
 
 
-def decode_latents(c: Container) -> tuple[dict[str, np.ndarray], dict[str, list[dict]]]:
-    """Integer latents per group, shape (slices, rows) int64, and the per-channel tables."""
+@dataclass
+class Decoded:
+    """A fully decoded file: the network, and per layer its integer latents (slices, rows)."""
+
+    net: nn.Module
+    latents: dict[str, np.ndarray]
+    tables: dict[str, list[dict]]
+    container: Container
+
+
+def _plan(c: Container, net: nn.Module) -> list[tuple[str, str, tuple[int, ...]]]:
+    """Check the index's layers against the rebuilt network and the groups' sizes, before any
+    latent is decoded (a crafted index cannot make the decoder produce more than the network
+    needs). Returns ``(name, group, shape)`` per layer."""
+    idx = c.index
+    if not all(isinstance(idx.get(k), list) for k in ("layers", "groups", "floats", "decoders")):
+        raise FormatError("index section lacks layers, groups, floats or decoders")
+    targets = OrderedDict(convertible_layers(net))
+    plan = []
+    for entry in idx["layers"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise FormatError("bad layer entry in the index")
+        name, group = entry["name"], entry.get("group")
+        shape = _shape(entry.get("shape"), name)
+        layer = targets.get(name)
+        if layer is None or tuple(layer.weight.shape) != shape or group != group_key(layer):
+            raise FormatError(f"layer {name!r} of the file does not match its architecture")
+        plan.append((name, group, shape))
+    if [p[0] for p in plan] != list(targets):
+        raise FormatError("the file's layers do not match its architecture")
+    need: dict[str, int] = {}
+    for _, group, shape in plan:
+        rows = shape[2] * shape[3] if len(shape) == 4 else 1
+        need[group] = need.get(group, 0) + math.prod(shape) // rows
+    if not all(isinstance(g, dict) and isinstance(g.get("key"), str) for g in idx["groups"]):
+        raise FormatError("bad group entry in the index")
+    groups = {g["key"]: g for g in idx["groups"]}
+    if set(groups) != set(need) or len(groups) != len(idx["groups"]):
+        raise FormatError("the file's groups do not match its layers")
+    for key, g in groups.items():
+        if g.get("slices") != need[key]:
+            raise FormatError(f"group {key!r} declares {g.get('slices')!r} slices, its layers "
+                              f"need {need[key]}")
+    return plan
+
+
+def _decode_latents(c: Container) -> tuple[dict[str, np.ndarray], dict[str, list[dict]]]:
+    """Integer latents per group, shape (slices, rows) int64, and the per-channel tables.
+    Call after :func:`_plan` has checked the group sizes."""
     tables = _Reader(c.sections["tables"], "<u2", "tables")
     if len(c.sections["latents"]) % 4:
         raise FormatError("latents section has a partial word")
     words = np.frombuffer(c.sections["latents"], dtype="<u4")
     segments, shapes, tabs = [], [], {}
-    try:
-        for g in c.index["groups"]:
-            rows, slices = int(g["rows"]), int(g["slices"])
-            if rows <= 0 or slices < 0 or rows * slices > MAX_ELEMENTS or len(g["channels"]) != rows:
-                raise FormatError(f"bad group entry {g.get('key')!r}")
-            shapes.append((g["key"], slices, rows))
-            tabs[g["key"]] = []
-            for ch in g["channels"]:
-                n = int(ch["n"])
-                if not 1 <= n <= (1 << codec.TABLE_PRECISION):
-                    raise FormatError("bad symbol table size")
-                freqs = tables.take(n).astype(np.uint32) + 1
-                if int(freqs.sum()) != 1 << codec.TABLE_PRECISION:
-                    raise FormatError("a probability table does not sum to its precision")
-                segments.append((slices, int(ch["lo"]), freqs))
-                tabs[g["key"]].append({"lo": int(ch["lo"]), "freqs": freqs})
-    except (KeyError, TypeError, ValueError) as e:
-        raise FormatError(f"index section is malformed: {e!r}") from None
+    informative = False
+    for g in c.index["groups"]:
+        key = g["key"]
+        slices = _int(g["slices"], f"{key} slices", 0, MAX_ELEMENTS)
+        rows = _int(g.get("rows"), f"{key} rows", 1, 1 << 16)
+        chans = g.get("channels")
+        if not isinstance(chans, list) or len(chans) != rows:
+            raise FormatError(f"bad group entry {key!r}")
+        shapes.append((key, slices, rows))
+        tabs[key] = []
+        for ch in chans:
+            if not isinstance(ch, dict):
+                raise FormatError(f"bad channel entry in group {key!r}")
+            n = _int(ch.get("n"), "table size", 1, 1 << codec.TABLE_PRECISION)
+            lo = _int(ch.get("lo"), "symbol offset")
+            freqs = tables.take(n).astype(np.uint32) + 1
+            if int(freqs.sum()) != 1 << codec.TABLE_PRECISION:
+                raise FormatError("a probability table does not sum to its precision")
+            informative |= n > 1 and slices > 0
+            segments.append((slices, lo, freqs))
+            tabs[key].append({"lo": lo, "freqs": freqs})
     tables.done()
+    if informative and words.size == 0:
+        raise FormatError("latent stream is empty but the tables say it carries information")
     try:
         columns = codec.decode(words, segments)
     except BaseException as e:  # constriction reports a broken stream as a Rust panic
-        if isinstance(e, KeyboardInterrupt | SystemExit):
+        if isinstance(e, KeyboardInterrupt | SystemExit | MemoryError):
             raise
         raise FormatError(f"latent stream is corrupt: {e}") from None
     out, k = {}, 0
-    for key, slices, rows in shapes:
-        out[key] = np.stack(columns[k:k + rows], axis=1) if rows else np.empty((slices, 0))
+    for key, _slices, rows in shapes:
+        out[key] = np.stack(columns[k:k + rows], axis=1)
         k += rows
     return out, tabs
 
 
-def build_network(c: Container) -> nn.Module:
-    """Rebuild the plain network of a parsed file with its decoded weights (CPU, eval mode)."""
+def decode_latents(c: Container) -> tuple[dict[str, np.ndarray], dict[str, list[dict]]]:
+    """Checked decode of the latents alone: (slices, rows) int64 per group, and the tables."""
+    from .archspec import build_from_arch
+
+    _plan(c, build_from_arch(c.arch))
+    return _decode_latents(c)
+
+
+def decode_file(c: Container) -> Decoded:
+    """Rebuild the network of a parsed file and decode everything into it (CPU, eval mode).
+
+    Raises :class:`FormatError` for anything inconsistent."""
     from .archspec import build_from_arch
 
     net = build_from_arch(c.arch)
-    latents, _ = decode_latents(c)
-    idx = c.index
-    try:
-        targets = OrderedDict(convertible_layers(net))
-        names = [entry["name"] for entry in idx["layers"]]
-        if names != list(targets):
-            raise FormatError("the file's layers do not match its architecture")
-        dec = _Reader(c.sections["decoders"], "<f4", "decoders")
-        decoders = {d["key"]: torch.from_numpy(dec.take(int(np.prod(_shape(d["shape"], "decoder"))))
-                                               .copy()).reshape(_shape(d["shape"], "decoder"))
-                    for d in idx["decoders"]}
-        dec.done()
-        offsets = dict.fromkeys(latents, 0)
-        with torch.no_grad():
-            for entry in idx["layers"]:
-                layer = targets[entry["name"]]
-                shape = _shape(entry["shape"], entry["name"])
-                if tuple(layer.weight.shape) != shape:
-                    raise FormatError(f"layer {entry['name']!r} shape {shape} does not match "
-                                      f"the architecture's {tuple(layer.weight.shape)}")
-                g = entry["group"]
-                rows = latents[g].shape[1]
-                n = int(np.prod(shape)) // rows
-                lat = latents[g][offsets[g]:offsets[g] + n]
-                if lat.shape[0] != n:
-                    raise FormatError(f"group {g!r} has fewer latents than its layers need")
-                offsets[g] += n
-                layer.weight.copy_(decode_exact(torch.from_numpy(lat), decoders[g], shape))
-            if any(offsets[g] != latents[g].shape[0] for g in latents):
-                raise FormatError("a group has more latents than its layers need")
-            fl = _Reader(c.sections["floats"], "<f4", "floats")
-            state = net.state_dict()
-            for entry in idx["floats"]:
-                key, shape = entry["key"], _shape(entry["shape"], entry["key"])
-                if key not in state or tuple(state[key].shape) != shape:
-                    raise FormatError(f"tensor {key!r} does not fit the architecture")
-                state[key].copy_(torch.from_numpy(fl.take(int(np.prod(shape))).copy()).reshape(shape))
-            fl.done()
-    except (KeyError, TypeError, ValueError) as e:
-        raise FormatError(f"index section is malformed: {e!r}") from None
-    return net.eval()
+    plan = _plan(c, net)
+    latents, tables = _decode_latents(c)
+    targets = dict(convertible_layers(net))
+    per_layer: dict[str, np.ndarray] = {}
+    dec = _Reader(c.sections["decoders"], "<f4", "decoders")
+    decoders = {}
+    for d in c.index["decoders"]:
+        if not isinstance(d, dict) or not isinstance(d.get("key"), str) or d["key"] not in latents:
+            raise FormatError("bad decoder entry in the index")
+        shape = _shape(d.get("shape"), "decoder")
+        rows = latents[d["key"]].shape[1]
+        if shape != ((1, 1) if rows == 1 else (rows, rows)):
+            raise FormatError(f"decoder of group {d['key']!r} has shape {shape}")
+        decoders[d["key"]] = torch.from_numpy(dec.take(math.prod(shape)).copy()).reshape(shape)
+    dec.done()
+    if set(decoders) != set(latents):
+        raise FormatError("a group has no decoder")
+    offsets = dict.fromkeys(latents, 0)
+    with torch.no_grad():
+        for name, group, shape in plan:
+            n = math.prod(shape) // latents[group].shape[1]
+            lat = latents[group][offsets[group]:offsets[group] + n]
+            offsets[group] += n
+            per_layer[name] = lat
+            targets[name].weight.copy_(decode_exact(torch.from_numpy(lat), decoders[group], shape))
+        fl = _Reader(c.sections["floats"], "<f4", "floats")
+        state = net.state_dict()
+        seen = set()
+        for entry in c.index["floats"]:
+            key = entry.get("key") if isinstance(entry, dict) else None
+            if not isinstance(key, str) or key not in state or key in seen:
+                raise FormatError(f"tensor {key!r} does not fit the architecture")
+            shape = _shape(entry.get("shape"), key)
+            if tuple(state[key].shape) != shape:
+                raise FormatError(f"tensor {key!r} has shape {shape}, the architecture "
+                                  f"{tuple(state[key].shape)}")
+            state[key].copy_(torch.from_numpy(fl.take(math.prod(shape)).copy()).reshape(shape))
+            seen.add(key)
+        fl.done()
+    return Decoded(net.eval(), per_layer, tables, c)
+
+
+def build_network(c: Container) -> nn.Module:
+    """Rebuild the plain network of a parsed file with its decoded weights (CPU, eval mode)."""
+    return decode_file(c).net
 
 
 def load(path: str | os.PathLike) -> nn.Module:

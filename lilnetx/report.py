@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from . import codec
-from .fileformat import Container, decode_latents, read
+from .fileformat import Container, decode_file, read
 
 SECTION_LABELS = {
     "latents": "latent payload",
@@ -34,36 +32,36 @@ def inspect(path: str | os.PathLike) -> dict:
     Keys: ``size_bytes``, ``breakdown`` (bytes by part), ``arch``, ``latent_information_bits``
     (information content of the latents under the stored tables), ``coding_efficiency``
     (latent payload bytes / information bytes), ``layers`` (per layer: ``name``, ``group``,
-    ``shape``, ``params``, ``bits``, ``weight_sparsity``, ``slice_sparsity``,
-    ``out_channels_kept``), and totals ``weight_sparsity`` and ``slice_sparsity``.
+    ``shape``, ``params``, ``bits``, ``weight_sparsity`` (zero decoded weights),
+    ``latent_sparsity`` (zero latents), ``slice_sparsity``, ``out_channels_kept``), and totals
+    ``weight_sparsity`` and ``slice_sparsity``.
     """
     c = read(path)
-    latents, tables = decode_latents(c)
-    offsets = dict.fromkeys(latents, 0)
+    dec = decode_file(c)
+    weights = dict(dec.net.named_modules())
     layers, info_total = [], 0.0
     zeros = params = zero_slices = slices = 0
     for entry in c.index["layers"]:
-        g, shape = entry["group"], tuple(entry["shape"])
-        rows = latents[g].shape[1]
-        n = int(np.prod(shape)) // rows
-        lat = latents[g][offsets[g]:offsets[g] + n]
-        offsets[g] += n
+        name, g, shape = entry["name"], entry["group"], tuple(entry["shape"])
+        lat = dec.latents[name]
+        w = weights[name].weight.detach()
         bits = sum(codec.information_bits(lat[:, ch], t["lo"], t["freqs"])
-                   for ch, t in enumerate(tables[g]))
+                   for ch, t in enumerate(dec.tables[g]))
         info_total += bits
-        zero_rows = ~lat.any(axis=1)
+        zero_rows = ~w.reshape(shape[0] * shape[1], -1).ne(0).any(dim=1).numpy()
         per_out = zero_rows.reshape(shape[0], -1).all(axis=1)
         layers.append({
-            "name": entry["name"], "group": g, "shape": list(shape), "params": int(lat.size),
-            "bits": bits, "weight_sparsity": float((lat == 0).mean()),
+            "name": name, "group": g, "shape": list(shape), "params": int(w.numel()),
+            "bits": bits, "weight_sparsity": float((w == 0).float().mean()),
+            "latent_sparsity": float((lat == 0).mean()),
             "slice_sparsity": float(zero_rows.mean()),
             "out_channels_kept": int((~per_out).sum()),
         })
-        zeros += int((lat == 0).sum())
-        params += int(lat.size)
+        zeros += int((w == 0).sum())
+        params += int(w.numel())
         if g != "dense":
             zero_slices += int(zero_rows.sum())
-            slices += n
+            slices += zero_rows.size
     parts = breakdown(c)
     info_bytes = info_total / 8
     return {
@@ -76,6 +74,3 @@ def inspect(path: str | os.PathLike) -> dict:
         "slice_sparsity": zero_slices / slices if slices else None,
         "layers": layers,
     }
-
-
-__all__ = ["breakdown", "inspect"]

@@ -138,10 +138,13 @@ def count_macs(net: nn.Module, example: torch.Tensor) -> dict[str, int]:
     for m in net.modules():
         if _conv_like(m):
             hooks.append(m.register_forward_hook(hook))
+    was_training = net.training
+    net.eval()  # counting must not update BatchNorm statistics
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             net(example)
     finally:
+        net.train(was_training)
         for h in hooks:
             h.remove()
     return {"flops": int(counter.get_total_flops() // 2 // n), "sparse_flops": int(sparse)}
