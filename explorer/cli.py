@@ -113,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_pareto)
 
+    x = sub.add_parser("export", help="register a run's model in the MLflow model registry")
+    x.add_argument("run_id")
+    x.add_argument("--name", required=True)
+    x.add_argument("--alias", default="champion")
+    x.add_argument("--tracking-uri", default=None)
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_export)
+
     s = sub.add_parser("slim", help="slim a .lnx model: FLOPs, latency, optional ONNX export")
     s.add_argument("file")
     s.add_argument("--onnx", default=None, help="write the slim network to this .onnx file")
@@ -317,6 +325,14 @@ def cmd_pareto(args: argparse.Namespace) -> dict | None:
         return out
     _print_front(rows, objectives, f"{out['sweep']}: front of {len(rows)}, hypervolume {hv:.4g}")
     return None
+
+
+def cmd_export(args: argparse.Namespace) -> dict:
+    from explorer.registry import check_alias, check_name, export_run
+
+    check_name(args.name)
+    check_alias(args.alias)
+    return export_run(args.run_id, args.name, args.alias, args.tracking_uri)
 
 
 def cmd_slim(args: argparse.Namespace) -> dict:
