@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml $(BIN)/python
 
 install: $(STAMP)
 
-# The main job on the embedded default: the demo sweep into ./mlflow.db, then its front.
+# The main job on the embedded default: the demo sweep into ./mlflow.db, its front, then the
+# dashboard on it at http://127.0.0.1:8050/ (Ctrl-C stops it).
 demo: $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/lilnetx sweep search_spaces/demo.yaml
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/lilnetx pareto --experiment demo
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/lilnetx dashboard --experiment demo
 
 test: $(STAMP)
 	$(BIN)/ruff check lilnetx explorer dashboards tests benchmarks

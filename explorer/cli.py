@@ -14,7 +14,7 @@ from collections.abc import Callable
 EXIT_BAD_INPUT = 2
 
 
-class UsageError(Exception):
+class UsageError(Exception):  # also raised by plugin commands
     """Bad command-line usage (exit code 2)."""
 
 
@@ -127,7 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-latency", action="store_true")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_slim)
+    _plugin_commands(sub)
     return p
+
+
+def _plugin_commands(sub) -> None:
+    """Commands of packages built on this one (the dashboard), found through the
+    ``lilnetx.commands`` entry-point group so that explorer never imports them."""
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group="lilnetx.commands"), key=lambda e: e.name):
+        ep.load()(sub)
 
 
 def _progress(enabled: bool):

@@ -188,7 +188,7 @@ def fit(
                 progress({"event": "step", "epoch": epoch, "step": step, "steps": steps,
                           "loss": float(loss.detach()),
                           "bits": float(terms["bits"].detach()) if "bits" in terms else None})
-        row = {"epoch": epoch, "lr": lr, "train_accuracy": correct / max(seen, 1)}
+        row = {"epoch": epoch, "learning_rate": lr, "train_accuracy": correct / max(seen, 1)}
         row.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items() if k in terms})
         row["val_accuracy"] = evaluate_accuracy(model, splits.val, device=device)
         if isinstance(model, LilNetXModel):
@@ -196,7 +196,7 @@ def fit(
             with torch.no_grad():
                 row["bits_estimate"] = float(model.rate_bits(noisy=False))
             model.train()
-        row["seconds"] = time.perf_counter() - start
+        row["elapsed_seconds"] = time.perf_counter() - start
         result.history.append(row)
         if progress is not None:
             progress({"event": "epoch", **row})

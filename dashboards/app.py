@@ -1,0 +1,273 @@
+"""The Dash Pareto explorer: the front of a sweep, live, with per-run details and export to the
+MLflow model registry. ``create_app(tracking_uri, experiment)`` builds it; ``serve`` runs it."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+
+from dash import Dash, Input, Output, State, dash_table, dcc, html, no_update
+from flask import abort, send_file
+
+from explorer import tracking
+
+from . import figures
+from .data import (
+    METRICS,
+    DashboardDataError,
+    list_experiments,
+    load_experiment,
+    objectives_of,
+)
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+REFRESH_MS = 5000
+
+
+class ArtifactCache:
+    """Downloads run artifacts once into a private temporary directory."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.root = tempfile.mkdtemp(prefix="lilnetx-dash-")
+
+    def get(self, run_id: str, path: str) -> str:
+        if not RUN_ID.match(run_id):
+            raise DashboardDataError(f"invalid run id {run_id!r}")
+        dest = os.path.join(self.root, run_id)
+        local = os.path.join(dest, path)
+        if not os.path.exists(local):
+            os.makedirs(dest, exist_ok=True)
+            try:
+                local = tracking.client(self.uri).download_artifacts(run_id, path, dest)
+            except Exception:
+                raise DashboardDataError(f"run {run_id[:8]} has no {path} artifact") from None
+        return local
+
+
+def _dropdown(id_, options, value, **kw):
+    return dcc.Dropdown(id=id_, options=options, value=value, clearable=False,
+                        style={"minWidth": "190px"}, **kw)
+
+
+def _labelled(label, component):
+    return html.Div([html.Label(label, style={"fontSize": "12px", "color": "#555"}), component],
+                    style={"display": "inline-block", "marginRight": "14px",
+                           "verticalAlign": "top"})
+
+
+def layout(uri: str, experiment: str | None):
+    try:
+        names = list_experiments(uri)
+        status = ""
+    except DashboardDataError as e:
+        names, status = [], str(e)
+    exp = experiment if experiment else (names[-1] if names else None)
+    metric_opts = [{"label": figures.LABEL.get(m, m), "value": m} for m in METRICS]
+    return html.Div([
+        html.H2("LilNetX tradeoff explorer", style={"margin": "6px 0"}),
+        html.Div([
+            _labelled("experiment", _dropdown("experiment", [{"label": n, "value": n}
+                                                             for n in names], exp)),
+            _labelled("sweep", _dropdown("sweep", [{"label": "all sweeps", "value": "all"}],
+                                         "all")),
+            _labelled("methods", dcc.Checklist(id="methods", options=[], value=[], inline=True)),
+        ]),
+        html.Div([
+            _labelled("x axis", _dropdown("x-axis", metric_opts, "size_bytes",
+                                          persistence=True)),
+            _labelled("y axis", _dropdown("y-axis", metric_opts, "accuracy", persistence=True)),
+            _labelled("colour by", _dropdown("color-by", [{"label": "method", "value": ""}], "",
+                                             persistence=True)),
+            _labelled("third objective", _dropdown(
+                "third", [{"label": "none", "value": ""}] + metric_opts, "", persistence=True)),
+        ], style={"margin": "6px 0"}),
+        html.Div(id="status", children=status, style={"color": "#b00", "margin": "4px 0"}),
+        html.Div(id="summary", style={"color": "#333", "margin": "4px 0"}),
+        html.Div([
+            html.Div([dcc.Graph(id="pareto", config={"displaylogo": False})],
+                     style={"width": "58%", "display": "inline-block", "verticalAlign": "top"}),
+            html.Div(id="details", children=html.P("Click a point to see its run."),
+                     style={"width": "40%", "display": "inline-block", "verticalAlign": "top",
+                            "paddingLeft": "1%", "maxHeight": "1100px", "overflowY": "auto"}),
+        ]),
+        html.H4("Hyperparameters to objectives"),
+        dcc.Graph(id="parcoords", config={"displaylogo": False}),
+        html.H4("Hypervolume by finished trial"),
+        dcc.Graph(id="hv", config={"displaylogo": False}),
+        dcc.Store(id="selected-run", storage_type="session"),
+        dcc.Interval(id="refresh", interval=REFRESH_MS),
+    ], style={"fontFamily": "sans-serif", "margin": "0 16px"})
+
+
+def _details(uri: str, cache: ArtifactCache, run_id: str):
+    c = tracking.client(uri)
+    run = c.get_run(run_id)
+    m, p = run.data.metrics, run.data.params
+    parts = [html.H3(run.info.run_name or run_id[:8], id="details-title"),
+             html.P(f"run {run_id} | {run.info.status} | method "
+                    f"{run.data.tags.get(tracking.TAG_METHOD, '?')}")]
+    if run.data.tags.get(tracking.TAG_ERROR):
+        parts.append(html.Pre(run.data.tags[tracking.TAG_ERROR], style={"color": "#b00"}))
+    parts.append(dash_table.DataTable(
+        id="details-metrics",
+        data=[{"key": k, "value": f"{v:.6g}"} for k, v in sorted(m.items())]
+        + [{"key": f"param {k}", "value": v} for k, v in sorted(p.items())],
+        columns=[{"name": "", "id": "key"}, {"name": "", "id": "value"}],
+        style_cell={"fontSize": "12px", "padding": "2px 6px", "textAlign": "left"},
+        page_size=40))
+    history = {}
+    for key in ("val_accuracy", "train_accuracy", "train_loss", "bits_estimate"):
+        pts = [(h.step, h.value) for h in c.get_metric_history(run_id, key) if h.step > 0]
+        if pts:
+            history[key] = pts
+    parts += [html.H4("Training curves"), dcc.Graph(figure=figures.curves_figure(history))]
+    try:
+        import json
+
+        with open(cache.get(run_id, "layers.json")) as f:
+            layers = json.load(f)
+        rows = [{"layer": r["name"], "group": r["group"], "shape": "x".join(map(str, r["shape"])),
+                 "bits": round(r["bits"]), "slice sparsity": round(r["slice_sparsity"], 3),
+                 "channels kept": f"{r['out_channels'] - r['out_channels_zero']}/"
+                                  f"{r['out_channels']}"} for r in layers]
+        parts += [html.H4("Layers"), dash_table.DataTable(
+            id="details-layers", data=rows, columns=[{"name": k, "id": k} for k in rows[0]],
+            style_cell={"fontSize": "12px", "padding": "2px 6px"}, page_size=30)]
+    except (DashboardDataError, OSError, KeyError, IndexError, ValueError) as e:
+        parts.append(html.P(f"no per-layer table: {e}"))
+    try:
+        from lilnetx.report import inspect
+
+        rep = inspect(cache.get(run_id, "model.lnx"))
+        parts += [html.H4(f"File: {rep['size_bytes']:,} bytes"),
+                  dcc.Graph(figure=figures.breakdown_figure(rep["breakdown"])),
+                  html.A("download model.lnx", href=f"/download/{run_id}/model.lnx",
+                         id="download-link")]
+        parts += [html.H4("Export to the model registry"), html.Div([
+            dcc.Input(id="export-name", placeholder="registered model name", type="text",
+                      debounce=False, style={"marginRight": "6px"}),
+            dcc.Input(id="export-alias", value="champion", type="text",
+                      style={"marginRight": "6px", "width": "110px"}),
+            html.Button("Export", id="export-button", n_clicks=0)]),
+            html.Div(id="export-result", style={"marginTop": "6px"})]
+    except Exception as e:  # a run without a model file, or a file that does not decode
+        parts.append(html.P(f"no model file to show or export: {e}", id="no-model"))
+        parts += [dcc.Input(id="export-name", style={"display": "none"}),
+                  dcc.Input(id="export-alias", value="champion", style={"display": "none"}),
+                  html.Button(id="export-button", n_clicks=0, style={"display": "none"}),
+                  html.Div(id="export-result")]
+    return parts
+
+
+def create_app(tracking_uri: str | None = None, experiment: str | None = None) -> Dash:
+    """The Dash app on ``tracking_uri`` (default: the project's default store)."""
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    app = Dash(__name__, title="LilNetX explorer", suppress_callback_exceptions=True)
+    cache = ArtifactCache(uri)
+    app.layout = lambda: layout(uri, experiment)
+
+    @app.server.route("/download/<run_id>/model.lnx")
+    def download(run_id: str):
+        if not RUN_ID.match(run_id):
+            abort(404)
+        try:
+            path = cache.get(run_id, "model.lnx")
+        except DashboardDataError:
+            abort(404)
+        return send_file(path, as_attachment=True, download_name=f"{run_id[:8]}.lnx")
+
+    @app.callback(
+        Output("pareto", "figure"), Output("parcoords", "figure"), Output("hv", "figure"),
+        Output("status", "children"), Output("summary", "children"),
+        Output("sweep", "options"), Output("methods", "options"), Output("methods", "value"),
+        Output("color-by", "options"),
+        Input("refresh", "n_intervals"), Input("experiment", "value"), Input("sweep", "value"),
+        Input("methods", "value"), Input("x-axis", "value"), Input("y-axis", "value"),
+        Input("color-by", "value"), Input("third", "value"), Input("selected-run", "data"),
+        State("methods", "options"))
+    def refresh(_n, exp_name, sweep, methods, x, y, color, third, selected, method_opts):
+        empty = figures.empty_figure
+        if not exp_name:
+            msg = "no experiment yet: run `lilnetx sweep SPACE.yaml` first"
+            return (empty(msg), empty(msg), empty(msg), msg, "", no_update, [], [], no_update)
+        try:
+            exp = load_experiment(uri, exp_name)
+        except DashboardDataError as e:
+            return (empty(str(e)), empty(str(e)), empty(str(e)), str(e), "", no_update,
+                    no_update, no_update, no_update)
+        runs = exp.runs if sweep in (None, "all") else [r for r in exp.runs if r.sweep == sweep]
+        all_methods = sorted({r.method for r in exp.runs})
+        new_opts = [{"label": m, "value": m} for m in all_methods]
+        known = {o["value"] for o in (method_opts or [])}
+        if set(all_methods) != known:  # new methods are shown; the user's choice is kept
+            methods = sorted(set(methods or []) | (set(all_methods) - known))
+        runs = [r for r in runs if r.method in (methods or all_methods)]
+        params = sorted({k for r in exp.runs for k, v in r.params.items()
+                         if isinstance(v, int | float) and len({
+                             q.params.get(k) for q in exp.runs}) > 1})
+        color_opts = [{"label": "method", "value": ""}] + [{"label": k, "value": k}
+                                                            for k in params]
+        sweeps = [{"label": "all sweeps", "value": "all"}] + [{"label": s, "value": s}
+                                                             for s in exp.sweeps]
+        objectives = objectives_of(exp, None if sweep in (None, "all") else sweep)
+        done = sum(r.status == "FINISHED" for r in runs)
+        failed = sum(r.status == "FAILED" for r in runs)
+        running = sum(r.status == "RUNNING" for r in runs)
+        summary = (f"{len(runs)} runs: {done} finished, {running} running, {failed} failed"
+                   if runs else "")
+        if not runs:
+            msg = f"experiment {exp_name!r} has no runs yet"
+            return (empty(msg), empty(msg), empty(msg), msg, "", sweeps, new_opts, methods,
+                    color_opts)
+        pareto = figures.pareto_figure(runs, x, y, color=color or None, z=third or None,
+                                       selected=selected)
+        metrics = list(objectives) or [y, x]
+        parcoords = figures.parallel_figure(runs, params, metrics)
+        hv = figures.hypervolume_figure(runs, objectives or {x: "min", y: "max"})
+        return pareto, parcoords, hv, "", summary, sweeps, new_opts, methods, color_opts
+
+    @app.callback(Output("selected-run", "data"), Input("pareto", "clickData"),
+                  prevent_initial_call=True)
+    def select(click):
+        try:
+            return click["points"][0]["customdata"][0]
+        except (TypeError, KeyError, IndexError):
+            return no_update
+
+    @app.callback(Output("details", "children"), Input("selected-run", "data"))
+    def details(run_id):
+        if not run_id:
+            return html.P("Click a point to see its run.")
+        try:
+            return _details(uri, cache, run_id)
+        except Exception as e:
+            return html.P(f"cannot show run {run_id}: {e}", style={"color": "#b00"})
+
+    @app.callback(Output("export-result", "children"), Input("export-button", "n_clicks"),
+                  State("export-name", "value"), State("export-alias", "value"),
+                  State("selected-run", "data"), prevent_initial_call=True)
+    def export(n, name, alias, run_id):
+        if not n or not run_id:
+            return no_update
+        from explorer.registry import export_run
+        from lilnetx.errors import LilNetXError
+
+        try:
+            res = export_run(run_id, (name or "").strip(), (alias or "champion").strip(), uri)
+        except LilNetXError as e:
+            return html.Span(f"error: {e}", style={"color": "#b00"}, id="export-error")
+        return html.Div([
+            html.Span(f"registered {res['name']} version {res['version']} as "),
+            html.Code(res["uri"], id="export-uri"), html.Span(" | "),
+            html.A("download .lnx", href=f"/download/{run_id}/model.lnx")])
+
+    return app
+
+
+def serve(tracking_uri: str | None = None, experiment: str | None = None,
+          host: str = "127.0.0.1", port: int = 8050) -> None:
+    """Run the app with Dash's server (bound to loopback unless told otherwise)."""
+    app = create_app(tracking_uri, experiment)
+    app.run(host=host, port=port, debug=False)

@@ -1,0 +1,111 @@
+"""Runs of a sweep experiment, read from MLflow into plain records for the figures.
+
+Every failure a user can meet (server down, unknown or empty experiment) becomes a
+:class:`DashboardDataError` with a message the page shows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from explorer import tracking
+from explorer.pareto import search_metric
+
+METRICS = ("accuracy", "size_bytes", "compression_ratio", "latency_ms", "flops",
+           "slice_sparsity", "val_accuracy", "bits_estimate", "weight_sparsity",
+           "channel_sparsity")
+"""Metrics offered as axes."""
+DIRECTION = {"accuracy": "max", "val_accuracy": "max", "compression_ratio": "max",
+             "slice_sparsity": "max", "weight_sparsity": "max", "channel_sparsity": "max",
+             "size_bytes": "min", "latency_ms": "min", "flops": "min", "bits_estimate": "min"}
+
+
+class DashboardDataError(Exception):
+    """Something the page should say instead of drawing."""
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    name: str
+    status: str
+    sweep: str
+    method: str
+    trial: int
+    start_time: int
+    params: dict
+    metrics: dict
+    error: str = ""
+
+
+@dataclass
+class Experiment:
+    name: str
+    experiment_id: str
+    runs: list[RunRecord]
+    sweeps: list[str] = field(default_factory=list)
+    objectives: dict[str, dict] = field(default_factory=dict)
+
+
+def _number(v: str):
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return int(f) if f.is_integer() and "." not in str(v) and "e" not in str(v).lower() else f
+
+
+def list_experiments(uri: str) -> list[str]:
+    try:
+        tracking.check_server(uri, timeout=3)
+        return [e.name for e in tracking.client(uri).search_experiments()
+                if e.name != "Default"]
+    except Exception as e:
+        raise DashboardDataError(f"tracking server {uri} is unreachable: {e}") from None
+
+
+def load_experiment(uri: str, name: str) -> Experiment:
+    """All trial runs of experiment ``name`` (every sweep), oldest first."""
+    try:
+        tracking.check_server(uri, timeout=3)
+        c = tracking.client(uri)
+        exp = c.get_experiment_by_name(name)
+    except Exception as e:
+        raise DashboardDataError(f"tracking server {uri} is unreachable: {e}") from None
+    if exp is None:
+        raise DashboardDataError(f"experiment {name!r} does not exist at {uri}")
+    runs = []
+    for r in tracking.child_runs(uri, exp.experiment_id):
+        tags = r.data.tags
+        try:
+            trial = int(tags.get(tracking.TAG_TRIAL, -1))
+        except ValueError:
+            trial = -1
+        runs.append(RunRecord(
+            run_id=r.info.run_id, name=r.info.run_name or r.info.run_id[:8],
+            status=r.info.status, sweep=tags.get(tracking.TAG_SWEEP, ""),
+            method=tags.get(tracking.TAG_METHOD, "lilnetx"), trial=trial,
+            start_time=r.info.start_time or 0,
+            params={k: _number(v) for k, v in r.data.params.items()},
+            metrics=dict(r.data.metrics), error=tags.get(tracking.TAG_ERROR, "")))
+    runs.sort(key=lambda r: (r.start_time, r.trial))
+    parents = c.search_runs([exp.experiment_id],
+                            filter_string=f"tags.`{tracking.TAG_ROLE}` = 'sweep'",
+                            order_by=["attributes.start_time ASC"])
+    objectives = {}
+    for p in parents:
+        try:
+            objectives[p.data.tags[tracking.TAG_SWEEP]] = json.loads(
+                p.data.tags.get(tracking.TAG_OBJECTIVES, "{}"))
+        except (KeyError, json.JSONDecodeError):
+            continue
+    return Experiment(name, exp.experiment_id, runs, list(objectives), objectives)
+
+
+def objectives_of(exp: Experiment, sweep: str | None) -> dict[str, str]:
+    """The objectives of a sweep (default: the newest), as searched metric -> max/min."""
+    if not exp.sweeps:
+        return {}
+    obj = exp.objectives.get(sweep or exp.sweeps[-1]) or exp.objectives[exp.sweeps[-1]]
+    return {search_metric(k): v for k, v in obj.items()}
