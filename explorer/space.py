@@ -66,6 +66,11 @@ SCHEMA: dict[str, Any] = {
             "gpus_per_trial": {"type": "number", "minimum": 0},
             "seed": {"type": "integer"},
         }},
+        "cluster": {"type": "object", "additionalProperties": False, "properties": {
+            "address": {"type": "string", "minLength": 1},
+            "tracking_uri": {"type": "string", "minLength": 1},
+            "study_storage": {"type": "string", "minLength": 1},
+        }},
         "params": {"type": "object", "minProperties": 1,
                    "propertyNames": {"enum": list(PARAM_KEYS)},
                    "additionalProperties": {"anyOf": [_number, _dist]}},
@@ -91,6 +96,7 @@ class SearchSpace:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     seed: int = 0
+    cluster: dict[str, str] = field(default_factory=dict)
     source: str = ""
 
     def searched(self) -> dict[str, dict]:
@@ -188,7 +194,7 @@ def validate(doc: Any, *, source: str = "") -> SearchSpace:
         max_concurrent=int(search.get("max_concurrent", 2)),
         cpus_per_trial=float(search.get("cpus_per_trial", 1)),
         gpus_per_trial=float(search.get("gpus_per_trial", 0)),
-        seed=int(search.get("seed", 0)), source=source,
+        seed=int(search.get("seed", 0)), cluster=dict(doc.get("cluster") or {}), source=source,
     )
 
 

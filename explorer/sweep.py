@@ -163,7 +163,10 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepResult:
     from optuna.trial import TrialState
 
     start = time.time()
-    uri = tracking.resolve_tracking_uri(opts.tracking_uri)
+    # command-line options win over the space's `cluster:` section
+    opts.address = opts.address or space.cluster.get("address")
+    opts.study_storage = opts.study_storage or space.cluster.get("study_storage")
+    uri = tracking.resolve_tracking_uri(opts.tracking_uri or space.cluster.get("tracking_uri"))
     tracking.check_server(uri)
     if opts.address:
         check_ray_address(opts.address)
