@@ -58,11 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default="lenet5", help="mlp, lenet5, resnet20/32/56, vgg16, tv:NAME")
     t.add_argument("--dataset", default="fashion_mnist",
                    help="digits, fashion_mnist, mnist, cifar10, cifar100, imagefolder:PATH")
-    t.add_argument("--method", default="lilnetx")
+    t.add_argument("--method", default="lilnetx", help="lilnetx, dense, quant, imp")
+    t.add_argument("--bits", type=_pos_int("--bits"), default=None,
+                   help="quant/imp: bits per stored weight (default 8)")
+    t.add_argument("--target-sparsity", type=_nonneg_float("--target-sparsity"), default=0.9,
+                   help="imp: final fraction of pruned weights")
+    t.add_argument("--phases", type=_pos_int("--phases"), default=3, help="imp: prune phases")
+    t.add_argument("--retrain-epochs", type=int, default=1, help="imp: epochs per phase")
+    t.add_argument("--schedule", default="SLR", help="imp retraining: FT, SLR, CLR, LLR")
+    t.add_argument("--init-from", default=None,
+                   help="dense/quant/imp: start from this dense .lnx instead of training")
     t.add_argument("--width", type=_nonneg_float("--width"), default=1.0)
     t.add_argument("--epochs", type=_pos_int("--epochs"), default=5)
     t.add_argument("--batch-size", type=_pos_int("--batch-size"), default=256)
-    t.add_argument("--lr", type=_nonneg_float("--lr"), default=1e-2)
+    t.add_argument("--lr", type=_nonneg_float("--lr"), default=None,
+                   help="default 1e-2 for lilnetx, 1e-3 for dense, quant and imp")
     t.add_argument("--prior-lr", type=_nonneg_float("--prior-lr"), default=1e-4)
     t.add_argument("--lambda-rate", type=_nonneg_float("--lambda-rate"), default=1e-4)
     t.add_argument("--lambda-sparsity", type=_nonneg_float("--lambda-sparsity"), default=1e-6)
@@ -185,7 +195,10 @@ def cmd_train(args: argparse.Namespace) -> dict:
     if args.onnx and not args.out:
         raise UsageError("--onnx needs --out FILE.lnx")
     spec = RunSpec(model=args.model, dataset=args.dataset, method=args.method, width=args.width,
-                   data_root=args.data_root, limit=args.limit, train=cfg).validate()
+                   data_root=args.data_root, limit=args.limit, train=cfg, bits=args.bits,
+                   target_sparsity=args.target_sparsity, phases=args.phases,
+                   retrain_epochs=args.retrain_epochs, schedule=args.schedule,
+                   init_from=args.init_from).validate()
     prog, cb, state = _progress(not args.json)
     if prog is not None:
         try:
@@ -271,9 +284,11 @@ def cmd_sweep(args: argparse.Namespace) -> dict | None:
     out["objectives"] = space.objectives
     if args.json:
         return out
-    _print_front(out["front"], space.objectives,
-                 f"{res.sweep}: {res.finished} finished, {res.failed} failed, "
-                 f"hypervolume {res.hypervolume:.4g}")
+    for m, f in res.fronts.items():
+        _print_front(f["front"], space.objectives,
+                     f"{res.sweep} [{m}]: front of {len(f['front'])} of {f['finished']} runs, "
+                     f"hypervolume {f['hypervolume']:.4g}")
+    print(f"{res.finished} finished, {res.failed} failed, {res.seconds:.0f} s", file=sys.stderr)
     return None
 
 
@@ -305,7 +320,7 @@ def cmd_pareto(args: argparse.Namespace) -> dict | None:
     import json as _json
 
     from explorer import tracking
-    from explorer.sweep import front_rows
+    from explorer.sweep import fronts
     from lilnetx.errors import ConfigError
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
@@ -328,12 +343,15 @@ def cmd_pareto(args: argparse.Namespace) -> dict | None:
                                               if args.experiment else f" at {uri}"))
     p = parents[0]
     objectives = _json.loads(p.data.tags[tracking.TAG_OBJECTIVES])
-    rows, hv = front_rows(uri, p.info.experiment_id, p.data.tags[tracking.TAG_SWEEP], objectives)
+    res = fronts(uri, p.info.experiment_id, p.data.tags[tracking.TAG_SWEEP], objectives)
     out = {"sweep": p.data.tags[tracking.TAG_SWEEP], "experiment_id": p.info.experiment_id,
-           "objectives": objectives, "hypervolume": hv, "front": rows}
+           "objectives": objectives, "hypervolume": res["hypervolume"], "front": res["front"],
+           "methods": res["methods"], "reference": res["reference"]}
     if args.json:
         return out
-    _print_front(rows, objectives, f"{out['sweep']}: front of {len(rows)}, hypervolume {hv:.4g}")
+    for m, f in res["methods"].items():
+        _print_front(f["front"], objectives, f"{out['sweep']} [{m}]: front of {len(f['front'])} "
+                     f"of {f['finished']} runs, hypervolume {f['hypervolume']:.4g}")
     return None
 
 

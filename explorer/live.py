@@ -13,8 +13,8 @@ from .pareto import nondominated, search_metric
 class LiveView(Callback):
     """A Ray Tune callback that redraws a rich table as trials start and end."""
 
-    def __init__(self, space, total: int, enabled: bool = True):
-        self.space, self.total, self.enabled = space, total, enabled
+    def __init__(self, space, total: int, enabled: bool = True, method: str = ""):
+        self.space, self.total, self.enabled, self.method = space, total, enabled, method
         self.running: set[str] = set()
         self.done: list[dict] = []
         self.failed = 0
@@ -41,7 +41,7 @@ class LiveView(Callback):
         elapsed = time.time() - self.start
         finished = len(self.done) + self.failed
         eta = (elapsed / finished * (self.total - finished)) if finished else float("nan")
-        t = Table(title=(f"sweep {self.space.name}: {len(self.done)} done, {len(self.running)} "
+        t = Table(title=(f"sweep {self.space.name} [{self.method}]: {len(self.done)} done, {len(self.running)} "
                          f"running, {self.failed} failed of {self.total} | elapsed "
                          f"{elapsed:,.0f}s, remaining ~{eta:,.0f}s"))
         objectives = self.space.objectives

@@ -21,14 +21,19 @@ from .pareto import search_metric
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 OBJECTIVES = ("accuracy", "val_accuracy", "size_bytes", "compression_ratio", "bits_estimate",
               "flops", "latency_ms", "weight_sparsity", "slice_sparsity", "channel_sparsity")
-METHODS = ("lilnetx",)
+METHODS = ("lilnetx", "dense", "quant", "imp")
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "prior_lr", "lambda_rate", "lambda_sparsity",
               "lambda_l2", "warmup_epochs", "seed")
 """Hyperparameters of :class:`lilnetx.TrainConfig` a space may fix or search."""
 SPEC_KEYS = ("width", "limit", "val_fraction")
 """Hyperparameters of :class:`lilnetx.experiment.RunSpec` a space may fix or search."""
-PARAM_KEYS = TRAIN_KEYS + SPEC_KEYS
-INT_KEYS = ("epochs", "batch_size", "seed", "limit")
+METHOD_KEYS = {"lilnetx": (), "dense": (), "quant": ("bits",),
+               "imp": ("bits", "target_sparsity", "phases", "retrain_epochs", "schedule")}
+"""Parameters that only some methods take (see ``lilnetx.experiment.RunSpec``)."""
+PARAM_KEYS = TRAIN_KEYS + SPEC_KEYS + ("bits", "target_sparsity", "phases", "retrain_epochs",
+                                       "schedule")
+INT_KEYS = ("epochs", "batch_size", "seed", "limit", "bits", "phases", "retrain_epochs")
+STRING_KEYS = {"schedule": ("FT", "SLR", "CLR", "LLR")}
 
 _number = {"type": "number"}
 _dist = {
@@ -44,7 +49,7 @@ _dist = {
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["model", "dataset", "objectives", "params"],
+    "required": ["model", "dataset", "objectives"],
     "properties": {
         "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.\-]{1,64}$"},
         "description": {"type": "string"},
@@ -71,9 +76,19 @@ SCHEMA: dict[str, Any] = {
             "tracking_uri": {"type": "string", "minLength": 1},
             "study_storage": {"type": "string", "minLength": 1},
         }},
-        "params": {"type": "object", "minProperties": 1,
+        "params": {"type": "object",
                    "propertyNames": {"enum": list(PARAM_KEYS)},
-                   "additionalProperties": {"anyOf": [_number, _dist]}},
+                   "additionalProperties": {"anyOf": [_number, {"type": "string"}, _dist]}},
+        "methods": {"type": "object", "minProperties": 1, "propertyNames": {"enum": list(METHODS)},
+                    "additionalProperties": {
+                        "type": ["object", "null"], "additionalProperties": False,
+                        "properties": {
+                            "num_samples": {"type": "integer", "minimum": 1, "maximum": 100000},
+                            "sampler": {"enum": list(SAMPLERS)},
+                            "params": {"type": "object",
+                                       "propertyNames": {"enum": list(PARAM_KEYS)},
+                                       "additionalProperties": {
+                                           "anyOf": [_number, {"type": "string"}, _dist]}}}}},
     },
 }
 
@@ -97,16 +112,23 @@ class SearchSpace:
     gpus_per_trial: float = 0.0
     seed: int = 0
     cluster: dict[str, str] = field(default_factory=dict)
+    methods: dict[str, dict] = field(default_factory=dict)
+    """Per method: ``params`` (shared params overridden by the method's own), ``num_samples``
+    and ``sampler``. A single-method space has one entry."""
     source: str = ""
 
-    def searched(self) -> dict[str, dict]:
-        """The parameters with a distribution."""
-        return {k: v for k, v in self.params.items() if isinstance(v, dict)}
+    def method_params(self, method: str | None = None) -> dict[str, Any]:
+        return self.methods[method]["params"] if method else self.params
 
-    def fixed(self) -> dict[str, Any]:
-        """Fixed values: the ``train`` section, then plain values in ``params``."""
+    def searched(self, method: str | None = None) -> dict[str, dict]:
+        """The parameters with a distribution (of ``method``, default the shared ones)."""
+        return {k: v for k, v in self.method_params(method).items() if isinstance(v, dict)}
+
+    def fixed(self, method: str | None = None) -> dict[str, Any]:
+        """Fixed values: the ``train`` section, then plain values in the params."""
         out = {k: v for k, v in self.train.items() if v is not None}
-        out.update({k: v for k, v in self.params.items() if not isinstance(v, dict)})
+        out.update({k: v for k, v in self.method_params(method).items()
+                    if not isinstance(v, dict)})
         return out
 
 
@@ -173,22 +195,51 @@ def validate(doc: Any, *, source: str = "") -> SearchSpace:
             raise ConfigError(f"objectives: {seen[m]!r} and {o!r} are both searched on {m!r}; "
                               "keep one of them")
         seen[m] = o
-    for key, spec in doc["params"].items():
+    if "methods" in doc and "method" in doc:
+        raise ConfigError("method: give either `method` (one method) or `methods` (several), "
+                          "not both")
+    if "methods" not in doc and "params" not in doc:
+        raise ConfigError("(top level): 'params' is a required property (or give `methods`)")
+    shared = dict(doc.get("params") or {})
+    for key, spec in shared.items():
         _check_param(f"params.{key}", key, spec)
     for key, value in (doc.get("train") or {}).items():
         if key != "device" and value is not None:
             _check_param(f"train.{key}", key, value)
     search = doc.get("search") or {}
     sampler = search.get("sampler", "tpe")
-    if sampler == "grid":
-        for key, spec in doc["params"].items():
-            if isinstance(spec, dict) and "choice" not in spec:
-                raise ConfigError(f"params.{key}: the grid sampler needs {{choice: [...]}} "
-                                  f"distributions, but got {next(iter(spec))}")
+    num_samples = int(search.get("num_samples", 12))
+    single = doc.get("method", "lilnetx")
+    given = doc.get("methods") or {single: {"params": {}}}
+    methods: dict[str, dict] = {}
+    for m, entry in given.items():
+        entry = entry or {}
+        own = dict(entry.get("params") or {})
+        for key, spec in own.items():
+            _check_param(f"methods.{m}.params.{key}", key, spec)
+        params = {**shared, **own}
+        extra = [k for k in params if k in {x for v in METHOD_KEYS.values() for x in v}
+                 and k not in METHOD_KEYS[m]]
+        if extra:
+            where = f"methods.{m}.params" if "methods" in doc else "params"
+            raise ConfigError(f"{where}.{extra[0]}: method {m!r} takes no {extra[0]!r}; its own "
+                              f"parameters: {', '.join(METHOD_KEYS[m]) or 'none'}")
+        if m == "lilnetx" and not params and "methods" not in doc:
+            raise ConfigError("params: must be non-empty (at least one parameter to fix or search)")
+        msampler = entry.get("sampler", sampler)
+        if msampler == "grid":
+            for key, spec in params.items():
+                if isinstance(spec, dict) and "choice" not in spec:
+                    where = f"methods.{m}.params" if key in own else "params"
+                    raise ConfigError(f"{where}.{key}: the grid sampler needs {{choice: [...]}} "
+                                      f"distributions, but got {next(iter(spec))}")
+        methods[m] = {"params": params, "sampler": msampler,
+                      "num_samples": int(entry.get("num_samples", num_samples))}
+    first = next(iter(methods))
     return SearchSpace(
         name=doc.get("name") or "lilnetx", model=model, dataset=dataset,
-        objectives=dict(doc["objectives"]), params=dict(doc["params"]),
-        method=doc.get("method", "lilnetx"), data_root=doc.get("data_root"),
+        objectives=dict(doc["objectives"]), params=methods[first]["params"],
+        method=first, methods=methods, data_root=doc.get("data_root"),
         train=dict(doc.get("train") or {}), sampler=sampler,
         num_samples=int(search.get("num_samples", 12)),
         max_concurrent=int(search.get("max_concurrent", 2)),
@@ -199,8 +250,18 @@ def validate(doc: Any, *, source: str = "") -> SearchSpace:
 
 
 def _check_param(path: str, key: str, spec: Any) -> None:
-    def check_value(v: Any) -> None:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    def check_value(v: Any, in_choice: bool = False) -> None:
+        if key in STRING_KEYS:
+            if v not in STRING_KEYS[key]:
+                raise ConfigError(f"{path}: must be one of {', '.join(STRING_KEYS[key])}, "
+                                  f"but got {v!r}")
+            return
+        if in_choice and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise ConfigError(f"{path}: choice values must be finite numbers, but got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ConfigError(f"{path}: must be a number or a distribution ({{uniform|loguniform|"
+                              f"int: [lo, hi]}} or {{choice: [...]}}), but got {v!r}")
+        if not math.isfinite(v):
             raise ConfigError(f"{path}: must be a finite number, but got {v!r}")
         if key in INT_KEYS and not float(v).is_integer():
             raise ConfigError(f"{path}: must be an integer, but got {v!r}")
@@ -210,14 +271,23 @@ def _check_param(path: str, key: str, spec: Any) -> None:
             raise ConfigError(f"{path}: must be non-negative, but got {v!r}")
         if key == "val_fraction" and not v < 0.5:
             raise ConfigError(f"{path}: must be in [0, 0.5), but got {v!r}")
+        if key == "target_sparsity" and not v < 1:
+            raise ConfigError(f"{path}: must be in [0, 1), but got {v!r}")
+        if key == "bits" and not 2 <= v <= 12:
+            raise ConfigError(f"{path}: must be in [2, 12], but got {v!r}")
+        if key == "phases" and v < 1:
+            raise ConfigError(f"{path}: must be positive, but got {v!r}")
 
     if not isinstance(spec, dict):
         check_value(spec)
         return
     kind, args = next(iter(spec.items()))
+    if key in STRING_KEYS and kind != "choice":
+        raise ConfigError(f"{path}: {key} takes a fixed value or {{choice: [...]}} of "
+                          f"{', '.join(STRING_KEYS[key])}")
     if kind == "choice":
         for v in args:
-            check_value(v)
+            check_value(v, in_choice=True)
         return
     lo, hi = args
     if lo > hi:

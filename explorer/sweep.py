@@ -42,16 +42,23 @@ class SweepResult:
     failed: int
     front: list[dict] = field(default_factory=list)
     hypervolume: float = 0.0
+    fronts: dict[str, dict] = field(default_factory=dict)
+    studies: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
 
 
-def make_sampler(space: SearchSpace):
+def study_name(sweep: str, method: str) -> str:
+    """One Optuna study per method of a sweep."""
+    return f"{sweep}.{method}"
+
+
+def make_sampler(space: SearchSpace, method: str):
     import optuna
 
-    s = space.sampler
+    s = space.methods[method]["sampler"]
     if s == "tpe":
         return optuna.samplers.TPESampler(seed=space.seed, multivariate=True)
     if s == "nsga2":
@@ -60,7 +67,7 @@ def make_sampler(space: SearchSpace):
         return optuna.samplers.GPSampler(seed=space.seed)
     if s == "random":
         return optuna.samplers.RandomSampler(seed=space.seed)
-    grid = {k: list(v["choice"]) for k, v in space.searched().items()}
+    grid = {k: list(v["choice"]) for k, v in space.searched(method).items()}
     return optuna.samplers.GridSampler(grid, seed=space.seed)
 
 
@@ -104,13 +111,15 @@ def study_storage(opts: SweepOptions, uri: str):
     return JournalStorage(JournalFileBackend(os.path.abspath(target)))
 
 
-def _reconcile(study, uri: str, experiment_id: str, sweep: str, objectives: dict) -> None:
+def _reconcile(study, uri: str, experiment_id: str, sweep: str, objectives: dict,
+               method: str) -> None:
     """After a driver died: tell the study about trials whose MLflow run finished, fail the
     rest of the RUNNING ones, and mark their MLflow runs KILLED."""
     from optuna.trial import TrialState
 
     runs = {r.data.tags.get(tracking.TAG_TRIAL): r
-            for r in tracking.child_runs(uri, experiment_id, sweep)}
+            for r in tracking.child_runs(uri, experiment_id, sweep)
+            if r.data.tags.get(tracking.TAG_METHOD) == method}
     c = tracking.client(uri)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         run = runs.get(str(t.number))
@@ -129,18 +138,35 @@ def _reconcile(study, uri: str, experiment_id: str, sweep: str, objectives: dict
             c.set_terminated(run.info.run_id, "KILLED")
 
 
-def front_rows(uri: str, experiment_id: str, sweep: str, objectives: dict) -> tuple[list, float]:
-    """Finished runs of the sweep on the front (run id, params, metrics) and its hypervolume."""
+def fronts(uri: str, experiment_id: str, sweep: str, objectives: dict) -> dict:
+    """The sweep's fronts from MLflow's finished runs: ``front`` and ``hypervolume`` over all
+    methods, and ``methods``: per method its own front and hypervolume, every hypervolume
+    measured from one reference point shared by all methods."""
+    from .pareto import reference_point
+
     runs = [r for r in tracking.child_runs(uri, experiment_id, sweep, status="FINISHED")
             if all(search_metric(o) in r.data.metrics for o in objectives)]
-    points = [r.data.metrics for r in runs]
-    idx = nondominated(points, objectives)
-    rows = [{"run_id": runs[i].info.run_id, "run_name": runs[i].info.run_name,
-             "params": dict(runs[i].data.params), "metrics": dict(runs[i].data.metrics)}
-            for i in idx]
-    rows.sort(key=lambda r: [r["metrics"][search_metric(o)] * (-1 if d == "max" else 1)
-                             for o, d in objectives.items()])
-    return rows, hypervolume([points[i] for i in idx], objectives) if idx else 0.0
+    ref = reference_point([r.data.metrics for r in runs], objectives) if runs else None
+
+    def front_of(rs):
+        points = [r.data.metrics for r in rs]
+        idx = nondominated(points, objectives)
+        rows = [{"run_id": rs[i].info.run_id, "run_name": rs[i].info.run_name,
+                 "method": rs[i].data.tags.get(tracking.TAG_METHOD, ""),
+                 "params": dict(rs[i].data.params), "metrics": dict(rs[i].data.metrics)}
+                for i in idx]
+        rows.sort(key=lambda r: [r["metrics"][search_metric(o)] * (-1 if d == "max" else 1)
+                                 for o, d in objectives.items()])
+        hv = hypervolume([points[i] for i in idx], objectives, ref) if idx else 0.0
+        return rows, hv
+
+    front, hv = front_of(runs)
+    per = {}
+    for m in sorted({r.data.tags.get(tracking.TAG_METHOD, "") for r in runs}):
+        rows, mhv = front_of([r for r in runs if r.data.tags.get(tracking.TAG_METHOD) == m])
+        per[m] = {"front": rows, "hypervolume": mhv, "finished": sum(
+            r.data.tags.get(tracking.TAG_METHOD) == m for r in runs)}
+    return {"front": front, "hypervolume": hv, "methods": per, "reference": ref}
 
 
 def check_ray_address(address: str, timeout: float = 10.0) -> None:
@@ -171,7 +197,6 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepResult:
     if opts.address:
         check_ray_address(opts.address)
     experiment = opts.experiment or space.name
-    num_samples = opts.num_samples or space.num_samples
     max_concurrent = opts.max_concurrent or space.max_concurrent
     exp_id = tracking.ensure_experiment(uri, experiment)
     c = tracking.client(uri)
@@ -183,11 +208,13 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepResult:
         sweep = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         parent = c.create_run(exp_id, run_name=sweep, tags={
             tracking.TAG_ROLE: "sweep", tracking.TAG_SWEEP: sweep, "lilnetx.space": space.name,
-            tracking.TAG_METHOD: space.method,
+            tracking.TAG_METHOD: ",".join(space.methods),
             tracking.TAG_OBJECTIVES: json.dumps(space.objectives)})
         tracking.log_params(uri, parent.info.run_id, {
             "model": space.model, "dataset": space.dataset, "sampler": space.sampler,
-            "num_samples": num_samples, "max_concurrent": max_concurrent})
+            "methods": ",".join(space.methods), "max_concurrent": max_concurrent,
+            **{f"num_samples.{m}": opts.num_samples or e["num_samples"]
+               for m, e in space.methods.items()}})
         c.log_text(parent.info.run_id, space.source, "search_space.yaml")
     else:
         sweep = parent.data.tags[tracking.TAG_SWEEP]
@@ -195,33 +222,42 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepResult:
     parent_id = parent.info.run_id
     storage = study_storage(opts, uri)
     directions = ["maximize" if d == "max" else "minimize" for d in space.objectives.values()]
-    sampler = make_sampler(space)
-    study = optuna.create_study(study_name=sweep, storage=storage, directions=directions,
-                                sampler=sampler, load_if_exists=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([search_metric(o) for o in space.objectives])
-    if opts.resume:
-        _reconcile(study, uri, exp_id, sweep, space.objectives)
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    remaining = num_samples - done
-    if remaining > 0:
-        _run_tune(space, opts, uri, exp_id, sweep, parent_id, storage, sampler, remaining,
-                  max_concurrent)
-    # A trial whose tell was lost (driver interrupted) is settled from MLflow, never left RUNNING.
-    _reconcile(study, uri, exp_id, sweep, space.objectives)
-    rows, hv = front_rows(uri, exp_id, sweep, space.objectives)
+    studies = {}
+    for method, entry in space.methods.items():
+        name = study_name(sweep, method)
+        studies[method] = name
+        sampler = make_sampler(space, method)
+        study = optuna.create_study(study_name=name, storage=storage, directions=directions,
+                                    sampler=sampler, load_if_exists=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([search_metric(o) for o in space.objectives])
+        if opts.resume:
+            _reconcile(study, uri, exp_id, sweep, space.objectives, method)
+        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        remaining = (opts.num_samples or entry["num_samples"]) - done
+        if remaining > 0:
+            _run_tune(space, method, opts, uri, exp_id, sweep, parent_id, storage, sampler,
+                      remaining, max_concurrent)
+        # A trial whose tell was lost (driver interrupted) is settled from MLflow.
+        _reconcile(study, uri, exp_id, sweep, space.objectives, method)
+    result = fronts(uri, exp_id, sweep, space.objectives)
+    metrics = {"front_size": len(result["front"]), "hypervolume": result["hypervolume"]}
+    for m, f in result["methods"].items():
+        metrics[f"hypervolume.{m}"] = f["hypervolume"]
+        metrics[f"front_size.{m}"] = len(f["front"])
     finished = len(tracking.child_runs(uri, exp_id, sweep, status="FINISHED"))
     failed = len(tracking.child_runs(uri, exp_id, sweep, status="FAILED"))
-    tracking.log_metrics(uri, parent_id, {"front_size": len(rows), "hypervolume": hv,
-                                          "finished_trials": finished, "failed_trials": failed})
+    metrics.update({"finished_trials": finished, "failed_trials": failed})
+    tracking.log_metrics(uri, parent_id, metrics)
     c.set_terminated(parent_id, "FINISHED")
     return SweepResult(sweep=sweep, experiment=experiment, experiment_id=exp_id,
-                       parent_run_id=parent_id, finished=finished, failed=failed, front=rows,
-                       hypervolume=hv, seconds=time.time() - start)
+                       parent_run_id=parent_id, finished=finished, failed=failed,
+                       front=result["front"], hypervolume=result["hypervolume"],
+                       fronts=result["methods"], studies=studies, seconds=time.time() - start)
 
 
-def _run_tune(space, opts, uri, exp_id, sweep, parent_id, storage, sampler, remaining,
+def _run_tune(space, method, opts, uri, exp_id, sweep, parent_id, storage, sampler, remaining,
               max_concurrent) -> None:
     import ray
     from ray import tune
@@ -233,8 +269,9 @@ def _run_tune(space, opts, uri, exp_id, sweep, parent_id, storage, sampler, rema
 
     ctx = {
         "tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent_id, "sweep": sweep,
-        "model": space.model, "dataset": space.dataset, "method": space.method,
-        "data_root": space.data_root, "objectives": space.objectives, "fixed": space.fixed(),
+        "model": space.model, "dataset": space.dataset, "method": method,
+        "data_root": space.data_root, "objectives": space.objectives,
+        "fixed": space.fixed(method),
         "cpus_per_trial": space.cpus_per_trial, "device": opts.device or space.train.get("device"),
         "gate_dir": os.path.join("/tmp", f"lilnetx-gate-{os.getuid()}"),
     }
@@ -242,20 +279,20 @@ def _run_tune(space, opts, uri, exp_id, sweep, parent_id, storage, sampler, rema
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR", configure_logging=True)
-    searcher = OptunaSearch(DefineByRun(space.searched()),
+    searcher = OptunaSearch(DefineByRun(space.searched(method)),
                             metric=[search_metric(o) for o in space.objectives],
                             mode=list(space.objectives.values()), sampler=sampler,
-                            study_name=sweep, storage=storage)
+                            study_name=study_name(sweep, method), storage=storage)
     resources = {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, ctx=ctx), resources)
     storage_path = os.path.abspath(os.path.join(".lilnetx", "ray_results"))
-    live = LiveView(space, remaining, enabled=opts.live)
+    live = LiveView(space, remaining, enabled=opts.live, method=method)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent),
                                     num_samples=remaining, max_concurrent_trials=max_concurrent,
                                     reuse_actors=True),
-        run_config=tune.RunConfig(name=sweep, storage_path=storage_path, verbose=0,
+        run_config=tune.RunConfig(name=study_name(sweep, method), storage_path=storage_path, verbose=0,
                                   callbacks=[live],
                                   failure_config=tune.FailureConfig(max_failures=0,
                                                                     fail_fast=False)),

@@ -26,10 +26,12 @@ def _spec(ctx: dict, values: dict):
             train[k] = int(train[k])
     cfg = TrainConfig(device=ctx.get("device"), **train)
     limit = values.get("limit")
+    extra = {k: values[k] for k in ("target_sparsity", "schedule") if k in values}
+    extra.update({k: int(values[k]) for k in ("bits", "phases", "retrain_epochs") if k in values})
     return RunSpec(model=ctx["model"], dataset=ctx["dataset"], method=ctx["method"],
                    width=float(values.get("width", 1.0)), data_root=ctx.get("data_root"),
                    val_fraction=float(values.get("val_fraction", 0.1)),
-                   limit=int(limit) if limit else None, train=cfg), lilnetx
+                   limit=int(limit) if limit else None, train=cfg, **extra), lilnetx
 
 
 def run_trial(config: dict, ctx: dict) -> dict:
@@ -72,7 +74,7 @@ def run_trial(config: dict, ctx: dict) -> dict:
             with gate.exclusive():
                 from lilnetx.export import slim_metrics
 
-                _, lat = slim_metrics(outcome.plain, outcome.model.arch, latency=True)
+                _, lat = slim_metrics(outcome.plain, outcome.arch, latency=True)
             summary.update({k: v for k, v in lat.items() if "latency" in k})
             layers = os.path.join(tmp, "layers.json")
             with open(layers, "w") as f:

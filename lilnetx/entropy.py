@@ -71,7 +71,8 @@ class FactorizedPrior(nn.Module):
         both = self.logits_cdf(torch.cat((x - 0.5, x + 0.5), dim=1))
         lower, upper = both[:, :n], both[:, n:]
         # Evaluate in the tail where the sigmoid is not saturated (flip sign when above the median).
-        sign = -torch.sign(lower + upper).detach()
+        # (at the exact median both choices are equal; sign() would give 0 and lose the mass)
+        sign = torch.where((lower + upper).detach() > 0, -1.0, 1.0).to(lower.dtype)
         p = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
         return p.clamp_min(LIKELIHOOD_FLOOR)
 
@@ -187,7 +188,7 @@ def _bits_and_grads(
             sigs.append(u)
         logits = torch.baddbmm(b[-1], w_last, h).view(channels, 2, n)
         # As in likelihood(): evaluate in the tail where the sigmoid is not saturated.
-        sign = torch.sign(logits.sum(1, keepdim=True)).neg_()
+        sign = torch.where(logits.sum(1, keepdim=True) > 0, -1.0, 1.0).to(logits.dtype)
         sg = (logits * sign).sigmoid_()
         diff = sg[:, 1] - sg[:, 0]
         p = diff.abs()

@@ -66,13 +66,14 @@ def slim_metrics(plain: nn.Module, arch: dict, *, latency: bool = True,
 
 
 def write_and_measure(model, plain: nn.Module, path: str | os.PathLike, *,
-                      dense_bytes: int, latency: bool = True,
-                      onnx_path: str | None = None) -> dict:
+                      dense_bytes: int, latency: bool = True, onnx_path: str | None = None,
+                      arch: dict | None = None, quantized: dict | None = None) -> dict:
     """Save ``model`` as ``.lnx`` at ``path`` and return size, compression and slim metrics."""
     parent = os.path.dirname(os.path.abspath(os.fspath(path)))
     os.makedirs(parent, exist_ok=True)
-    size = fileformat.save(model, path)
+    arch = arch or model.arch
+    size = fileformat.save(model, path, arch=arch, quantized=quantized)
     out = {"size_bytes": size, "compression_ratio": dense_bytes / size, "model_path": os.fspath(path)}
-    _, metrics = slim_metrics(plain, model.arch, latency=latency, onnx_path=onnx_path)
+    _, metrics = slim_metrics(plain, arch, latency=latency, onnx_path=onnx_path)
     out.update(metrics)
     return out

@@ -102,14 +102,25 @@ def encode_model(model: LilNetXModel, arch: dict | None = None) -> bytes:
                                   "shape": list(model.decoders[group].weight.shape)})
     dec = [model.decoders[g["key"]].weight.detach().cpu().float().numpy().astype("<f4")
            for g in index["groups"]]
+    floats = _float_state(plain_state, latent_keys, index)
+    index["codec"] = "latent"
+    return _pack(arch, index, tables, dec, floats, segments)
+
+
+def _float_state(state: dict, skip: set[str], index: dict) -> list[np.ndarray]:
+    """Every float tensor of ``state`` not in ``skip`` (num_batches_tracked counters dropped)."""
     floats = []
-    for key, t in plain_state.items():
-        if key in latent_keys or key.endswith("num_batches_tracked"):
+    for key, t in state.items():
+        if key in skip or key.endswith("num_batches_tracked"):
             continue
         if not t.is_floating_point():
             raise FormatError(f"cannot store non-float state {key!r} ({t.dtype})")
         index["floats"].append({"key": key, "shape": list(t.shape)})
         floats.append(t.detach().cpu().float().numpy().astype("<f4"))
+    return floats
+
+
+def _pack(arch, index, tables, dec, floats, segments) -> bytes:
     body = [("arch", _zjson(arch)), ("index", _zjson(index)),
             ("tables", b"".join(a.tobytes() for a in tables)),
             ("decoders", b"".join(a.tobytes() for a in dec)),
@@ -122,12 +133,51 @@ def encode_model(model: LilNetXModel, arch: dict | None = None) -> bytes:
     return bytes(out)
 
 
-def save(model: LilNetXModel, path: str | os.PathLike, arch: dict | None = None) -> int:
+def encode_plain(net: nn.Module, arch: dict, quantized: dict | None = None) -> bytes:
+    """The ``.lnx`` bytes of a plain network: layers in ``quantized`` (from
+    :func:`lilnetx.quant.quantize_layers`) as entropy-coded integers with a float32 scale each,
+    everything else as float32 (``quantized=None``: the dense fp32 reference)."""
+    from .quant import tables_for
+
+    if not arch:
+        raise FormatError("a plain network needs an architecture description (arch=...)")
+    quantized = quantized or {}
+    index: dict = {"layers": [], "groups": [], "floats": [], "decoders": [], "codec": "quant"}
+    tables, segments, dec = [], [], []
+    tabs = tables_for(quantized)
+    for name, layer in convertible_layers(net):
+        if name not in quantized:
+            continue
+        sym, scale = quantized[name]
+        lo, freqs = tabs[name]
+        key = f"q:{name}"
+        index["layers"].append({"name": name, "group": key, "shape": list(layer.weight.shape)})
+        index["groups"].append({"key": key, "rows": 1, "slices": int(sym.shape[0]),
+                                "channels": [{"lo": lo, "n": len(freqs)}]})
+        index["decoders"].append({"key": key, "shape": [1, 1]})
+        tables.append((freqs - 1).astype("<u2"))
+        segments.append((sym[:, 0], lo, freqs))
+        dec.append(np.asarray([[scale]], dtype="<f4"))
+    skip = {f"{e['name']}.weight" for e in index["layers"]}
+    floats = _float_state(net.state_dict(), skip, index)
+    return _pack(arch, index, tables, dec, floats, segments)
+
+
+def save(model: nn.Module, path: str | os.PathLike, arch: dict | None = None,
+         quantized: dict | None = None) -> int:
     """Write ``model`` to ``path`` as a ``.lnx`` file; returns its size in **bytes**.
 
-    The file is written to a temporary name and renamed, so a reader never sees half a file.
+    A :class:`LilNetXModel` is stored by its latents; a plain network by
+    :func:`encode_plain` (``quantized`` layers as integers, the rest float32). The file is
+    written to a temporary name and renamed, so a reader never sees half a file.
     """
-    data = encode_model(model, arch)
+    if isinstance(model, LilNetXModel):
+        data = encode_model(model, arch)
+    elif isinstance(model, nn.Module):
+        data = encode_plain(model, arch if arch is not None else getattr(model, "arch", None),
+                            quantized)
+    else:
+        raise FormatError(f"save expects an nn.Module, got {type(model).__name__}")
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
@@ -227,6 +277,9 @@ def _plan(c: Container, net: nn.Module) -> list[tuple[str, str, tuple[int, ...]]
     idx = c.index
     if not all(isinstance(idx.get(k), list) for k in ("layers", "groups", "floats", "decoders")):
         raise FormatError("index section lacks layers, groups, floats or decoders")
+    kind = idx.get("codec")
+    if kind not in ("latent", "quant"):
+        raise FormatError(f"unknown codec {kind!r} in the index")
     targets = OrderedDict(convertible_layers(net))
     plan = []
     for entry in idx["layers"]:
@@ -235,14 +288,18 @@ def _plan(c: Container, net: nn.Module) -> list[tuple[str, str, tuple[int, ...]]
         name, group = entry["name"], entry.get("group")
         shape = _shape(entry.get("shape"), name)
         layer = targets.get(name)
-        if layer is None or tuple(layer.weight.shape) != shape or group != group_key(layer):
+        expected = group_key(layer) if (layer is not None and kind == "latent") else f"q:{name}"
+        if layer is None or tuple(layer.weight.shape) != shape or group != expected:
             raise FormatError(f"layer {name!r} of the file does not match its architecture")
         plan.append((name, group, shape))
-    if [p[0] for p in plan] != list(targets):
+    names = [p[0] for p in plan]
+    if kind == "latent" and names != list(targets):
         raise FormatError("the file's layers do not match its architecture")
+    if len(set(names)) != len(names):
+        raise FormatError("a layer appears twice in the file")
     need: dict[str, int] = {}
     for _, group, shape in plan:
-        rows = shape[2] * shape[3] if len(shape) == 4 else 1
+        rows = shape[2] * shape[3] if (len(shape) == 4 and kind == "latent") else 1
         need[group] = need.get(group, 0) + math.prod(shape) // rows
     if not all(isinstance(g, dict) and isinstance(g.get("key"), str) for g in idx["groups"]):
         raise FormatError("bad group entry in the index")
@@ -355,6 +412,11 @@ def decode_file(c: Container) -> Decoded:
             state[key].copy_(torch.from_numpy(fl.take(math.prod(shape)).copy()).reshape(shape))
             seen.add(key)
         fl.done()
+        seen |= {f"{name}.weight" for name, _, _ in plan}
+        missing = [k for k in state if k not in seen and not k.endswith("num_batches_tracked")]
+        if missing:
+            raise FormatError(f"the file lacks {len(missing)} tensors of its architecture, "
+                              f"e.g. {missing[0]!r}")
     return Decoded(net.eval(), per_layer, tables, c)
 
 

@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+MIN_LATENT_BOUND = 1.0
+"""Floor on the init bound ``b``: below 0.5 every latent would round to zero (a dead layer)."""
+
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """Round to the nearest integer forward, identity gradient backward (straight-through)."""
@@ -81,6 +84,7 @@ class _LatentMixin:
         slices = math.prod(self.weight_shape) // rows
         # Latents ~ U(-b, b) so that decoded weights have variance ~ 2 / fan_out (method.md sec. 2).
         b = (math.sqrt(24.0 / (decoded_var * fan_out) + 1.0) - 1.0) / 2.0
+        b = max(b, MIN_LATENT_BOUND)
         self.latent = nn.Parameter(torch.empty(slices, rows).uniform_(-b, b))
 
     def attach(self, decoder: GroupDecoder) -> None:

@@ -136,8 +136,11 @@ def convert(
     net = copy.deepcopy(model)
     first = next(net.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
-    var = 24.0 / (64.0 * width) / ((2 * boundary + 1) ** 2 - 1)
     targets = convertible_layers(net)
+    # The reference sets var from its widest layer (64 * width channels in a CIFAR ResNet);
+    # for other networks the widest conv sets it, so no layer starts with all-zero latents.
+    widest = max([m.out_channels for _, m in targets if isinstance(m, nn.Conv2d)], default=0)
+    var = 24.0 / max(64.0 * width, widest) / ((2 * boundary + 1) ** 2 - 1)
     if not targets:
         raise ConfigError("model has no nn.Conv2d or nn.Linear layer to convert")
     decoders, priors = nn.ModuleDict(), nn.ModuleDict()

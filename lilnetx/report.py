@@ -59,7 +59,7 @@ def inspect(path: str | os.PathLike) -> dict:
         })
         zeros += int((w == 0).sum())
         params += int(w.numel())
-        if g != "dense":
+        if len(shape) == 4:
             zero_slices += int(zero_rows.sum())
             slices += zero_rows.size
     parts = breakdown(c)

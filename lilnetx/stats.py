@@ -39,6 +39,18 @@ class LayerStats:
         return asdict(self)
 
 
+def _groups(layer) -> int:
+    return int(getattr(layer, "groups", 1))
+
+
+def _zero_inputs(slice_zero: torch.Tensor, layer) -> int:
+    """Input channels every kernel reading them is zero, for ``slice_zero`` (O, I/groups)."""
+    g = _groups(layer)
+    o, ig = slice_zero.shape
+    per_group = slice_zero.reshape(g, o // g, ig).all(dim=1)  # (groups, I/groups)
+    return int(per_group.sum())
+
+
 @torch.no_grad()
 def layer_stats(model: LilNetXModel) -> list[LayerStats]:
     """One :class:`LayerStats` per latent layer, in module order; bits at evaluation (rounded)."""
@@ -63,7 +75,7 @@ def layer_stats(model: LilNetXModel) -> list[LayerStats]:
                 weight_sparsity=float((w == 0).float().mean()),
                 slice_sparsity=float(slice_zero.float().mean()),
                 out_channels=o, out_channels_zero=int(slice_zero.all(dim=1).sum()),
-                in_channels=i, in_channels_zero=int(slice_zero.all(dim=0).sum()),
+                in_channels=i * _groups(layer), in_channels_zero=_zero_inputs(slice_zero, layer),
             ))
     order = {n: k for k, (n, _) in enumerate(model.latent_layers())}
     out.sort(key=lambda s: order[s.name])
@@ -89,3 +101,30 @@ def summarize(stats: list[LayerStats]) -> dict[str, float]:
         "channel_sparsity": sum(s.out_channels_zero for s in stats)
         / max(sum(s.out_channels for s in stats), 1),
     }
+
+
+@torch.no_grad()
+def plain_layer_stats(net, bits: dict[str, float] | None = None) -> list[LayerStats]:
+    """:class:`LayerStats` of a plain network's conv and linear layers (``bits`` per layer
+    when known, e.g. from quantization; else 32 per weight)."""
+    from .latent import group_key
+    from .model import convertible_layers
+
+    out = []
+    for name, layer in convertible_layers(net):
+        w = layer.weight.detach().cpu()
+        shape = list(w.shape)
+        w2 = w.reshape(shape[0], shape[1], -1)
+        slice_zero = (w2 == 0).all(dim=2)
+        sparsity = float((w == 0).float().mean())
+        out.append(LayerStats(
+            name=name, group=group_key(layer), shape=shape, params=w.numel(),
+            slices=shape[0] * shape[1],
+            bits=float(bits[name]) if bits and name in bits else 32.0 * w.numel(),
+            weight_sparsity_latent=sparsity, slice_sparsity_latent=float(slice_zero.float().mean()),
+            weight_sparsity=sparsity, slice_sparsity=float(slice_zero.float().mean()),
+            out_channels=shape[0], out_channels_zero=int(slice_zero.all(dim=1).sum()),
+            in_channels=shape[1] * _groups(layer),
+            in_channels_zero=_zero_inputs(slice_zero, layer),
+        ))
+    return out

@@ -33,12 +33,13 @@ class TrainConfig:
     """Hyperparameters of one training run (reference defaults of sec. 5, short schedule).
 
     ``warmup_epochs=None`` means ``min(5, epochs / 10)``, the reference 5-of-200 capped for
-    short runs. ``device=None`` picks CUDA when available.
+    short runs. ``lr=None`` means 1e-2 for a LilNetX model (its latents are integers) and 1e-3
+    for a plain network. ``device=None`` picks CUDA when available.
     """
 
     epochs: int = 5
     batch_size: int = 256
-    lr: float = 1e-2
+    lr: float | None = None
     prior_lr: float = 1e-4
     lambda_rate: float = 1e-4
     lambda_sparsity: float = 1e-6
@@ -50,9 +51,11 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         check_positive_int("epochs", self.epochs)
         check_positive_int("batch_size", self.batch_size)
-        for name in ("lr", "prior_lr", "lambda_rate", "lambda_sparsity", "lambda_l2"):
+        for name in ("prior_lr", "lambda_rate", "lambda_sparsity", "lambda_l2"):
             check_nonnegative(name, getattr(self, name))
-        if self.lr <= 0:
+        if self.lr is not None:
+            check_nonnegative("lr", self.lr)
+        if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr must be positive, but got {self.lr}")
         if self.warmup_epochs is not None:
             check_nonnegative("warmup_epochs", self.warmup_epochs)
@@ -106,6 +109,13 @@ def joint_loss(
     return out
 
 
+def base_lr(model: nn.Module, cfg: TrainConfig) -> float:
+    """``cfg.lr``, or the default of the model kind (1e-2 LilNetX, 1e-3 plain)."""
+    if cfg.lr is not None:
+        return cfg.lr
+    return 1e-2 if isinstance(model, LilNetXModel) else 1e-3
+
+
 def make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
     """Adam for the network (latents, decoders, BN, biases) and Adam for the priors."""
     prior_ids = set()
@@ -115,7 +125,7 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opti
         prior_ids = {id(p) for p in prior}
         opts.append(torch.optim.Adam(prior, lr=cfg.prior_lr))
     main = [p for p in model.parameters() if id(p) not in prior_ids and p.requires_grad]
-    opts.insert(0, torch.optim.Adam(main, lr=cfg.lr))
+    opts.insert(0, torch.optim.Adam(main, lr=base_lr(model, cfg)))
     return opts
 
 
@@ -139,22 +149,32 @@ def fit(
     splits: DataSplits,
     cfg: TrainConfig,
     progress: Callable[[dict], None] | None = None,
+    *,
+    schedule: Callable[[int, int], float] | None = None,
+    after_step: Callable[[], None] | None = None,
+    epoch_offset: int = 0,
 ) -> TrainResult:
     """Train ``model`` in place on ``splits.train``; validate on ``splits.val`` each epoch.
 
     ``progress`` receives ``{"event": "step", "epoch", "step", "steps", "loss", "ce", "bits"}``
     every iteration and ``{"event": "epoch", ...history row...}`` after every epoch.
+    ``schedule(step, total)`` replaces the warmup-cosine learning rate of the network optimizer;
+    ``after_step()`` runs after every optimizer step (IMP re-applies its masks there);
+    ``epoch_offset`` numbers the epochs of a later training phase after the earlier ones.
     Raises :class:`TrainingDiverged` when the loss is not finite.
     """
     cfg.validate()
     device = pick_device(cfg.device)
     model.to(device).train()
+    torch.manual_seed(cfg.seed)  # the rate's training noise comes from the global generator
     gen = torch.Generator().manual_seed(cfg.seed)
     steps = num_batches(splits.train, cfg.batch_size)
     total = steps * cfg.epochs
     warm_epochs = cfg.warmup_epochs if cfg.warmup_epochs is not None else min(5.0, cfg.epochs / 10)
     warmup = int(round(warm_epochs * steps))
     opts = make_optimizers(model, cfg)
+    peak = base_lr(model, cfg)
+    schedule = schedule or (lambda step, n: lr_factor(step, n, warmup, peak))
     result = TrainResult()
     start = time.perf_counter()
     it = 0
@@ -164,7 +184,7 @@ def fit(
         for step, (x, y) in enumerate(iterate_batches(
                 splits.train, cfg.batch_size, shuffle=True, generator=gen, device=device,
                 augment=splits.augment), start=1):
-            lr = lr_factor(it, total, warmup, cfg.lr)
+            lr = schedule(it, total)
             for g in opts[0].param_groups:
                 g["lr"] = lr
             logits = model(x)
@@ -172,12 +192,14 @@ def fit(
             loss = terms["loss"]
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
-                    f"loss is {float(loss)} at epoch {epoch}, step {step}; lower lr or lambdas")
+                    f"loss is {loss.item()} at epoch {epoch}, step {step}; lower lr or lambdas")
             for o in opts:
                 o.zero_grad(set_to_none=True)
             loss.backward()
             for o in opts:
                 o.step()
+            if after_step is not None:
+                after_step()
             it += 1
             for k in sums:
                 if k in terms:
@@ -185,10 +207,11 @@ def fit(
             correct += int((logits.detach().argmax(1) == y).sum())
             seen += int(y.numel())
             if progress is not None:
-                progress({"event": "step", "epoch": epoch, "step": step, "steps": steps,
+                progress({"event": "step", "epoch": epoch + epoch_offset, "step": step,
+                          "steps": steps,
                           "loss": float(loss.detach()),
                           "bits": float(terms["bits"].detach()) if "bits" in terms else None})
-        row = {"epoch": epoch, "learning_rate": lr, "train_accuracy": correct / max(seen, 1)}
+        row = {"epoch": epoch + epoch_offset, "learning_rate": lr, "train_accuracy": correct / max(seen, 1)}
         row.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items() if k in terms})
         row["val_accuracy"] = evaluate_accuracy(model, splits.val, device=device)
         if isinstance(model, LilNetXModel):

@@ -207,7 +207,7 @@ BAD: dict[str, Bad] = {
     "model-not-string": Bad(doc_with(model=5), "model:", ("string",)),
     "unknown-dataset": Bad(doc_with(dataset="svhn"), "dataset:",
                            ("'svhn'", "fashion_mnist", "cifar10", "imagefolder:PATH")),
-    "unknown-method": Bad(doc_with(method="imp"), "method:", ("'imp'", "lilnetx")),
+    "unknown-method": Bad(doc_with(method="prune"), "method:", ("'prune'", "lilnetx", "imp")),
     "unknown-sampler": Bad(doc_with(**{"search.sampler": "cmaes"}), "search.sampler:",
                            ("'cmaes'", *SAMPLERS)),
     "unknown-search-key": Bad(

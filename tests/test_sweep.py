@@ -136,7 +136,7 @@ def test_failing_trial_is_recorded_and_the_rest_finish(tmp_path, monkeypatch, ra
     from explorer.sweep import SweepOptions, study_storage
 
     storage = study_storage(SweepOptions(), uri)
-    study = optuna.load_study(study_name=res.sweep, storage=storage)
+    study = optuna.load_study(study_name=res.studies["lilnetx"], storage=storage)
     states = sorted(t.state.name for t in study.trials)
     assert states == ["COMPLETE", "FAIL"]
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
@@ -202,7 +202,8 @@ def test_kill_driver_then_resume(tmp_path):
     assert len(set(numbers)) == 4
     statuses = {r.info.status for r in trial_runs(uri, "killme")}
     assert "RUNNING" not in statuses
-    study = optuna.load_study(study_name=res["sweep"], storage=study_storage(SweepOptions(), uri))
+    study = optuna.load_study(study_name=res["studies"]["lilnetx"],
+                              storage=study_storage(SweepOptions(), uri))
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(complete) == 4
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
