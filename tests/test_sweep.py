@@ -207,3 +207,55 @@ def test_kill_driver_then_resume(tmp_path):
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(complete) == 4
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
+
+
+MULTI = """
+name: multi
+model: lenet5
+dataset: digits
+train: {epochs: 1, batch_size: 64, seed: 0, lr: 0.01}
+objectives: {accuracy: max, size_bytes: min}
+search: {sampler: random, num_samples: 1, max_concurrent: 2, seed: 0}
+methods:
+  lilnetx:
+    num_samples: 2
+    params: {lambda_rate: {loguniform: [1.0e-3, 1.0]}}
+  dense: {}
+  quant:
+    params: {bits: {int: [2, 8]}}
+  imp:
+    params: {target_sparsity: {uniform: [0.5, 0.9]}, phases: 1, retrain_epochs: 1,
+             schedule: {choice: [SLR, LLR]}}
+"""
+
+
+def test_several_methods_one_front_each(tmp_path, monkeypatch, ray_session, capsys):
+    from explorer.cli import main
+    from explorer.pareto import hypervolume, nondominated, reference_point
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.yaml").write_text(MULTI)
+    uri, res = run(str(tmp_path / "m.yaml"), tmp_path, "multi")
+    runs = trial_runs(uri, "multi")
+    by_method = {}
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        by_method.setdefault(r.data.tags["lilnetx.method"], []).append(r)
+    assert {m: len(v) for m, v in by_method.items()} == {"lilnetx": 2, "dense": 1, "quant": 1,
+                                                          "imp": 1}
+    assert set(res.studies) == set(by_method) and len(set(res.studies.values())) == 4
+    objectives = {"accuracy": "max", "size_bytes": "min"}
+    ref = reference_point([r.data.metrics for r in runs], objectives)
+    capsys.readouterr()
+    assert main(["pareto", "--experiment", "multi", "--tracking-uri", uri, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for m, rs in by_method.items():
+        points = [r.data.metrics for r in rs]
+        front = {rs[i].info.run_id for i in nondominated(points, objectives)}
+        assert {row["run_id"] for row in out["methods"][m]["front"]} == front
+        expected = hypervolume([points[i] for i in nondominated(points, objectives)],
+                               objectives, ref)
+        assert out["methods"][m]["hypervolume"] == pytest.approx(expected)
+    # a dense fp32 file is the largest; imp stores 8-bit nonzeros
+    size = {m: min(r.data.metrics["size_bytes"] for r in rs) for m, rs in by_method.items()}
+    assert size["dense"] > size["imp"] and size["dense"] > size["quant"]
