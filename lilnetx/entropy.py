@@ -136,8 +136,21 @@ def _quantize_pmf(p: np.ndarray, total: int) -> np.ndarray:
     return freq.astype(np.uint32)
 
 
-_CPU_CHUNK = 16384
-"""Latent values per chunk of the fused rate pass on the CPU: its temporaries stay in cache."""
+_CHUNK = 32768
+"""Latent values per chunk of the fused rate pass on the CPU: a hidden activation of a chunk is
+768 KB, so a chunk's temporaries stay in cache, and each op still has enough work to use several
+threads (chunk sizes 4096 to 262144 and no chunking measured in ``benchmarks/``)."""
+
+
+def _affine(bias: torch.Tensor, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``bias + w @ h`` for a (C, out, k) matrix ``w`` and (C, k, m) values ``h``."""
+    return torch.addcmul(bias, w, h) if w.shape[2] == 1 else torch.baddbmm(bias, w, h)
+
+
+def _back(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``w^T @ g`` for a (C, out, k) matrix ``w`` and (C, out, m) gradients ``g``."""
+    wt = w.transpose(1, 2)
+    return wt * g if w.shape[1] == 1 else torch.bmm(wt, g)
 
 
 def _bits_and_grads(
@@ -151,28 +164,26 @@ def _bits_and_grads(
 
     Returns ``(bits, grads)`` with ``grads = [d/dx, *d/dsp, *d/db, *d/dtf]`` (or ``None``).
     The same function as :meth:`FactorizedPrior.likelihood`, differentiated by hand and evaluated
-    chunk by chunk (forward and backward of a chunk together, no autograd graph). Two rewrites,
-    exact in real arithmetic, save most of the elementwise passes: ``tanh(z) = 2 sigmoid(2z) - 1``
-    (a sigmoid is several times cheaper than a tanh on CPUs), and the hidden layers carry the
-    doubled values ``2z`` and ``2h`` so every factor of 2 folds into the small parameter tensors.
+    chunk by chunk on the CPU (forward and backward of a chunk together, no autograd graph, the
+    temporaries in cache). Two rewrites, exact in real arithmetic, save most of the elementwise
+    passes: ``tanh(z) = 2 sigmoid(2z) - 1`` (a sigmoid is several times cheaper than a tanh on
+    CPUs), and the hidden layers carry the doubled values ``2z`` and ``2h`` so every factor of 2
+    folds into the small parameter tensors.
     """
     hidden = len(sp) - 1
     channels, total = x.shape
     # Doubled network: Y_i = 2 z_i, G_i = 2 h_i = Y_i - 2 tf_i + 4 tf_i sigmoid(Y_i).
-    w = [sp[0] * 2] + list(sp[1:hidden]) if hidden else []
-    bias2 = [bi * 2 for bi in b[:hidden]]
+    last_scale = 0.5 if hidden else 1.0
+    w = ([sp[0] * 2] if hidden else []) + list(sp[1:hidden]) + [sp[-1] * last_scale]
+    bias2 = [bi * 2 for bi in b[:hidden]] + [b[-1]]
     ntf2 = [t * -2 for t in tf]
     tf4 = [t * 4 for t in tf]
-    last_scale = 0.5 if hidden else 1.0
-    w_last = sp[-1] * last_scale
     offsets = x.new_tensor([[-0.5], [0.5]])
-    cols = total if x.device.type != "cpu" else max(1, _CPU_CHUNK // max(channels, 1))
-    log_sum = x.new_zeros(())
-    if need_grad:
-        gx = torch.empty_like(x)
-        g_sp = [torch.zeros_like(t) for t in sp]
-        g_b = [torch.zeros_like(t) for t in b]
-        g_tf = [torch.zeros_like(t) for t in tf]
+    cols = max(1, _CHUNK // max(channels, 1)) if x.device.type == "cpu" else max(total, 1)
+    k = -1.0 / math.log(2.0)  # d bits = -d ln(p) / ln 2
+    pcs = torch.empty((channels, total), dtype=x.dtype, device=x.device)
+    gx = torch.empty_like(x) if need_grad else None
+    grads = [torch.zeros_like(t) for t in (*sp, *b, *tf)] if need_grad else []
     for start in range(0, total, cols):
         xc = x[:, start:start + cols]
         n = xc.shape[1]
@@ -181,48 +192,44 @@ def _bits_and_grads(
         h = pts.view(channels, 1, 2 * n)
         acts, sigs = [h], []
         for i in range(hidden):
-            y = torch.addcmul(bias2[0], w[0], h) if i == 0 else torch.baddbmm(bias2[i], w[i], h)
+            y = _affine(bias2[i], w[i], h)
             u = torch.sigmoid(y)
             h = y.add_(ntf2[i]).addcmul_(tf4[i], u)
             acts.append(h)
             sigs.append(u)
-        logits = torch.baddbmm(b[-1], w_last, h).view(channels, 2, n)
+        logits = _affine(bias2[-1], w[-1], h).view(channels, 2, n)
         # As in likelihood(): evaluate in the tail where the sigmoid is not saturated.
         sign = torch.where(logits.sum(1, keepdim=True) > 0, -1.0, 1.0).to(logits.dtype)
         sg = (logits * sign).sigmoid_()
         diff = sg[:, 1] - sg[:, 0]
         p = diff.abs()
-        pc = p.clamp_min(LIKELIHOOD_FLOOR)
-        log_sum += pc.log2().sum()
-        if not need_grad:
+        pc = pcs[:, start:start + n]
+        torch.clamp_min(p, LIKELIHOOD_FLOOR, out=pc)
+        if gx is None:
             continue
-        # d ln(pc) / d logits; clamp_min passes the gradient where p >= floor, abs via sign(diff).
+        # d ln(pc) / d logits; clamp_min passes the gradient where p >= floor, abs via sign.
         q = torch.sign(diff).div_(pc).masked_fill_(p < LIKELIHOOD_FLOOR, 0).unsqueeze(1)
         g = sg.addcmul_(sg, sg, value=-1).mul_(q.mul_(sign))
         g[:, 0].neg_()
         g = g.view(channels, 1, 2 * n)
-        d_sp = [torch.bmm(g, h.transpose(1, 2))]
-        d_b = [g.sum(-1, keepdim=True)]
-        d_tf = []
-        gh = w_last.transpose(1, 2) * g
+        d_sp, d_b, d_tf = [torch.bmm(g, h.transpose(1, 2))], [g.sum(-1, keepdim=True)], []
+        gh = _back(w[-1], g)
         for i in reversed(range(hidden)):
             u = sigs[i]
             d_tf.append((torch.linalg.vecdot(gh, u) * 4 - gh.sum(-1) * 2).unsqueeze(-1))
-            gy = gh.addcmul_(gh, u.addcmul_(u, u, value=-1).mul_(tf4[i]))  # dG/dY = 1+4tf u(1-u)
+            gy = gh.addcmul_(gh, u.addcmul_(u, u, value=-1).mul_(tf4[i]))  # 1 + 4tf u(1-u)
             d_b.append(gy.sum(-1, keepdim=True))
             d_sp.append(torch.bmm(gy, acts[i].transpose(1, 2)))
-            gh = torch.bmm(w[i].transpose(1, 2), gy)
-        gx[:, start:start + n] = gh.view(channels, 2, n).sum(1)
-        torch._foreach_add_(g_sp + g_b + g_tf, d_sp[::-1] + d_b[::-1] + d_tf[::-1])
-    bits = log_sum.neg_()
-    if not need_grad:
+            gh = _back(w[i], gy)
+        gx[:, start:start + n] = gh.view(channels, 2, n).sum(1).mul_(k)
+        torch._foreach_add_(grads, d_sp[::-1] + d_b[::-1] + d_tf[::-1])
+    bits = pcs.log2().sum().neg_()
+    if gx is None:
         return bits, None
-    k = -1.0 / math.log(2.0)  # d bits = -d ln(p) / ln 2
     scale = ([2.0 * k] if hidden else []) + [k] * max(hidden - 1, 0) + [last_scale * k]
     scale += [2.0 * k] * hidden + [k] + [k] * hidden
-    grads = g_sp + g_b + g_tf
     torch._foreach_mul_(grads, scale)
-    return bits, [gx.mul_(k), *grads]
+    return bits, [gx, *grads]
 
 
 class _FusedBits(torch.autograd.Function):

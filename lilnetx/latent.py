@@ -23,6 +23,19 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+class _RoundSTE(torch.autograd.Function):
+    """:func:`round_ste` as one autograd node: one pass forward (``x + (round(x) - x)`` equals
+    ``round(x)`` in floating point, up to the sign of a zero), the gradient passed through."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
 def decode_exact(latent: torch.Tensor, decoder_weight: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Decode integer latent rows (slices, rows) to a float32 CPU weight of ``shape``.
 
@@ -101,7 +114,7 @@ class _LatentMixin:
 
     def decoded_weight(self) -> torch.Tensor:
         """The weight used in the forward pass: rounded latent (STE) through the decoder."""
-        return self.decoder(round_ste(self.latent)).reshape(self.weight_shape)
+        return self.decoder(_RoundSTE.apply(self.latent)).reshape(self.weight_shape)
 
     @torch.no_grad()
     def export_weight(self) -> torch.Tensor:

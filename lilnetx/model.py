@@ -15,7 +15,40 @@ from torch import nn
 from .entropy import FactorizedPrior
 from .errors import ConfigError
 from .latent import GroupDecoder, LatentConv2d, LatentLayer, LatentLinear, group_key
-from .priors import l2_prior, slice_group_lasso
+from .priors import _EPS as _SLICE_EPS
+
+
+class _SliceLasso(torch.autograd.Function):
+    """``sum over layers and slices of sqrt(||row||^2 + eps)``: one row-norm pass per layer and
+    one multiply per layer backward, instead of a per-layer autograd chain."""
+
+    @staticmethod
+    def forward(ctx, *latents):
+        norms = torch.cat([torch.linalg.vector_norm(lat, dim=1) for lat in latents])
+        norms = torch.hypot(norms, norms.new_tensor(_SLICE_EPS ** 0.5))  # sqrt(n^2 + eps)
+        ctx.save_for_backward(norms, *latents)
+        return norms.sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        norms, *latents = ctx.saved_tensors
+        inv = (grad / norms).split([lat.shape[0] for lat in latents])
+        return tuple(torch._foreach_mul(latents, [v.unsqueeze(1) for v in inv]))
+
+
+class _SumSq(torch.autograd.Function):
+    """``sum of squares of all the given tensors`` as one autograd node (``_foreach`` kernels)."""
+
+    @staticmethod
+    def forward(ctx, *latents):
+        ctx.save_for_backward(*latents)
+        return torch.stack(torch._foreach_norm(latents)).square().sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        return tuple(torch._foreach_mul(ctx.saved_tensors, grad * 2))
 
 
 class LilNetXModel(nn.Module):
@@ -81,15 +114,18 @@ class LilNetXModel(nn.Module):
         return total
 
     def slice_penalty(self) -> torch.Tensor:
-        """Slice group-lasso over the latents of k x k conv groups with k > 1 (sec. 4)."""
-        terms = [slice_group_lasso(layer.latent) for _, layer in self.latent_layers()
-                 if layer.latent.shape[1] > 1]
-        return torch.stack(terms).sum() if terms else self._zero()
+        """Slice group-lasso over the latents of k x k conv groups with k > 1 (sec. 4).
+
+        The value and gradient of :func:`~lilnetx.priors.slice_group_lasso` summed over the
+        layers, as one autograd node (:class:`_SliceLasso`).
+        """
+        latents = [layer.latent for _, layer in self.latent_layers() if layer.latent.shape[1] > 1]
+        return _SliceLasso.apply(*latents) if latents else self._zero()
 
     def l2_penalty(self) -> torch.Tensor:
-        """Sum of squared latents over every latent layer."""
-        terms = [l2_prior(layer.latent) for _, layer in self.latent_layers()]
-        return torch.stack(terms).sum() if terms else self._zero()
+        """Sum of squared latents over every latent layer (one autograd node, :class:`_SumSq`)."""
+        latents = self.latent_parameters()
+        return _SumSq.apply(*latents) if latents else self._zero()
 
     def _zero(self) -> torch.Tensor:
         p = next(self.parameters(), None)
