@@ -189,6 +189,9 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepResult:
     from optuna.trial import TrialState
 
     start = time.time()
+    # With a tracking server MLflow prints "View run ... at: URL" on stdout whenever a run ends;
+    # stdout is reserved for results (--json).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # command-line options win over the space's `cluster:` section
     opts.address = opts.address or space.cluster.get("address")
     opts.study_storage = opts.study_storage or space.cluster.get("study_storage")

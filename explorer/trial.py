@@ -34,6 +34,10 @@ def _spec(ctx: dict, values: dict):
                    limit=int(limit) if limit else None, train=cfg, **extra), lilnetx
 
 
+class SettledElsewhere(RuntimeError):
+    """The trial's run was terminated by someone else (a ``--resume``) while it trained."""
+
+
 def run_trial(config: dict, ctx: dict) -> dict:
     """Train one configuration and return its metrics (raises on failure)."""
     import torch
@@ -88,8 +92,15 @@ def run_trial(config: dict, ctx: dict) -> dict:
         if missing:
             raise RuntimeError(f"objectives missing or not finite: {', '.join(missing)}")
         tracking.log_metrics(uri, run_id, summary)
+        if c.get_run(run_id).info.status != "RUNNING":
+            # orphaned by a dead driver and already settled (KILLED) by a --resume, which has
+            # failed this study trial and run a replacement: finishing it now would duplicate
+            raise SettledElsewhere(f"run {run_id} was settled by a resumed sweep while the "
+                                   "trial ran; its result is discarded")
         c.set_terminated(run_id, "FINISHED")
         return summary
+    except SettledElsewhere:
+        raise  # leave the run as the resume left it (KILLED)
     except BaseException as e:
         msg = "".join(traceback.format_exception_only(type(e), e)).strip()
         try:
@@ -103,7 +114,12 @@ def run_trial(config: dict, ctx: dict) -> dict:
 
 def tune_trainable(config: dict, ctx: dict) -> None:
     """The Ray Tune function trainable: one report with every metric."""
+    import ray
     from ray import tune
 
+    if not ctx.get("device"):
+        # A trial uses CUDA when Ray granted it GPUs (CUDA_VISIBLE_DEVICES then names them), else
+        # the CPU: Ray no longer hides the GPUs from a worker granted none (ray#54868).
+        ctx = {**ctx, "device": "cuda" if ray.get_gpu_ids() else "cpu"}
     summary = run_trial(config, ctx)
     tune.report({k: v for k, v in summary.items() if isinstance(v, int | float)})
