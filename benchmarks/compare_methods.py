@@ -85,7 +85,7 @@ def plot(res: dict, runs: dict, path: Path) -> None:
 
 def report(res: dict, runs: dict, info: dict, png: Path, argv: list[str]) -> str:
     lines = ["## Methods side by side (Fashion-MNIST, LeNet-5)", "",
-             f"Machine: {machine_line()}. Sweep `{info['sweep']}`"
+             f"{machine_line()} Sweep `{info['sweep']}`"
              + (f", {info['seconds'] / 60:.0f} minutes wall time" if info["seconds"] else "")
              + ".", "", f"Reproduce: `{command_line('benchmarks/compare_methods.py', argv)}` "
              f"(runs `search_spaces/compare_fashion_mnist.yaml`).", "",

@@ -1,0 +1,513 @@
+"""Slim vs dense inference latency of a trained, structurally sparse LilNetX model.
+
+Trains a model with :func:`lilnetx.run` and a large slice-sparsity weight (or loads a ``.lnx``
+file), writes it as ``.lnx`` (under /tmp by default), reloads it, slims it with
+:func:`lilnetx.slim` and times the dense and the slim network side by side in one process:
+every round runs a block of dense and a block of slim forward passes under
+``torch.inference_mode()`` with a fixed torch thread count, the order alternating between rounds,
+each pass timed on its own; the report gives medians and their ratio at batch 1 and batch 64,
+with accuracy, slice and channel sparsity, FLOPs (:func:`lilnetx.count_macs`) and a per-layer
+table of zero input/output channels (:func:`lilnetx.stats.layer_stats`) against the channels
+that slim removed.
+
+    python benchmarks/slim_speedup.py                          # train, measure, print
+    python benchmarks/slim_speedup.py --quick                  # smoke run (tiny training)
+    python benchmarks/slim_speedup.py --load /tmp/model.lnx    # measure an existing file
+    python benchmarks/slim_speedup.py --out docs/benchmarks.md # (re)write the `slim` section
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import command_line, machine, machine_line, write_section  # noqa: E402
+
+from lilnetx import (  # noqa: E402
+    RunSpec,
+    TrainConfig,
+    count_macs,
+    create_dataset,
+    evaluate_accuracy,
+    fileformat,
+    iterate_batches,
+    slim,
+)
+from lilnetx import run as run_training  # noqa: E402
+from lilnetx.export import example_input, out_channels, slim_metrics  # noqa: E402
+from lilnetx.latency import torch_threads  # noqa: E402
+from lilnetx.stats import layer_stats  # noqa: E402
+
+SECTION = "slim"
+TARGET_SPEEDUP_B64 = 1.8
+BATCHES = (1, 64)
+WHAT_IF = "slim+dead"
+NOISY = 1.5
+
+FULL = {"epochs": 8, "limit": 12000, "batch_size": 128, "lr": 2e-2, "lambda_sparsity": 3e-3,
+        "rounds": 30, "block": 3, "warmup": 5}
+QUICK = {"epochs": 1, "limit": 1000, "batch_size": 128, "lr": 2e-2, "lambda_sparsity": 3e-3,
+         "rounds": 3, "block": 3, "warmup": 2}
+
+
+# ----------------------------------------------------------------------------- the model
+
+def train(args, settings: dict) -> tuple[nn.Module, dict, list[dict], dict]:
+    """Train with lilnetx.run, save the .lnx file; the plain network reloaded from the file."""
+    cfg = TrainConfig(epochs=settings["epochs"], batch_size=settings["batch_size"],
+                      lr=settings["lr"], lambda_sparsity=settings["lambda_sparsity"],
+                      seed=args.seed, device="cpu")
+    spec = RunSpec(model=args.model, dataset=args.dataset, width=args.width,
+                   data_root=args.data_root, limit=settings["limit"], train=cfg)
+
+    def progress(e: dict) -> None:
+        if e["event"] == "epoch":
+            print(f"  epoch {e['epoch']}: train acc {e['train_accuracy']:.3f}, val acc "
+                  f"{e['val_accuracy']:.3f}, {e.get('elapsed_seconds', e.get('seconds', 0)):.0f} s",
+                  file=sys.stderr, flush=True)
+
+    with torch_threads(args.train_threads):
+        outcome = run_training(spec, progress)
+    size = fileformat.save(outcome.model, args.model_path)
+    plain = fileformat.load(args.model_path)
+    ref = outcome.plain.state_dict()
+    same = all(torch.equal(ref[k], v) for k, v in plain.state_dict().items()
+               if not k.endswith("num_batches_tracked"))
+    if not same:
+        raise SystemExit("the reloaded .lnx network differs from the trained one")
+    stats = [s.as_dict() for s in layer_stats(outcome.model)]
+    info = {"source": "trained", "accuracy": outcome.summary["accuracy"],
+            "val_accuracy": outcome.summary["val_accuracy"],
+            "slice_sparsity": outcome.summary["slice_sparsity"],
+            "weight_sparsity": outcome.summary["weight_sparsity"],
+            "zero_out_channel_fraction": outcome.summary["channel_sparsity"],
+            "train_seconds": outcome.summary["train_seconds"], "file_bytes": size,
+            "train_size": len(outcome.splits.train), "test_size": len(outcome.splits.test),
+            "arch": outcome.model.arch}
+    return plain, info, stats, outcome.model.arch
+
+
+def weight_layer_stats(net: nn.Module) -> list[dict]:
+    """The fields of :class:`lilnetx.stats.LayerStats` used here, from a plain network's weights
+    (same definitions: a slice is zero when its whole k x k kernel is zero)."""
+    out = []
+    for name, m in net.named_modules():
+        if not isinstance(m, nn.Conv2d | nn.Linear):
+            continue
+        w = m.weight.detach()
+        o, i = w.shape[0], w.shape[1]
+        zero = (w.reshape(o, i, -1) == 0).all(dim=2)
+        out.append({"name": name, "group": "dense" if isinstance(m, nn.Linear) else
+                    f"conv{w.shape[2]}x{w.shape[3]}", "shape": list(w.shape),
+                    "slices": o * i, "slice_sparsity": float(zero.float().mean()),
+                    "out_channels": o, "out_channels_zero": int(zero.all(dim=1).sum()),
+                    "in_channels": i, "in_channels_zero": int(zero.all(dim=0).sum()),
+                    "weight_sparsity": float((w == 0).float().mean()), "params": w.numel()})
+    return out
+
+
+def load(args) -> tuple[nn.Module, dict, list[dict], dict]:
+    """An existing .lnx file; accuracy re-measured on the test split of its data set."""
+    c = fileformat.read(args.load)
+    plain = fileformat.build_network(c)
+    data = c.arch.get("data", {}).get("name", args.dataset)
+    splits = create_dataset(data, args.data_root)
+    stats = weight_layer_stats(plain)
+    convs = [s for s in stats if s["group"] != "dense"] or stats
+    params = sum(s["params"] for s in stats)
+    info = {"source": f"loaded {args.load}", "accuracy": evaluate_accuracy(plain, splits.test,
+                                                                           device="cpu"),
+            "val_accuracy": None,
+            "slice_sparsity": sum(s["slice_sparsity"] * s["slices"] for s in convs)
+            / max(sum(s["slices"] for s in convs), 1),
+            "weight_sparsity": sum(s["weight_sparsity"] * s["params"] for s in stats) / params,
+            "zero_out_channel_fraction": sum(s["out_channels_zero"] for s in stats)
+            / max(sum(s["out_channels"] for s in stats), 1),
+            "train_seconds": None, "file_bytes": c.size_bytes, "train_size": None,
+            "test_size": len(splits.test), "arch": c.arch}
+    return plain, info, stats, c.arch
+
+
+# ----------------------------------------------------------------------------- analysis
+
+def input_activity(net: nn.Module, x: torch.Tensor) -> dict[str, dict]:
+    """Per conv/linear layer: which input channels are identically zero / constant on ``x``."""
+    acts: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, m in net.named_modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            hooks.append(m.register_forward_pre_hook(
+                lambda _m, inp, _n=name: acts.__setitem__(_n, inp[0].detach())))
+    try:
+        with torch.inference_mode():
+            net.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for name, a in acts.items():
+        per = a.transpose(0, 1).reshape(a.shape[1], -1)
+        zero = per.eq(0).all(dim=1)
+        const = (per.amax(dim=1) == per.amin(dim=1)) & ~zero
+        out[name] = {"zero": zero, "const": const}
+    return out
+
+
+def slice_density(plain: nn.Module, slim_net: nn.Module) -> dict:
+    """k x k conv slices (k > 1): in the dense network, non-zero, and in the slim network (how
+    many of the slim network's slices are still zero)."""
+    slim_mods = dict(slim_net.named_modules())
+    dense = nonzero = kept = 0
+    for name, m in plain.named_modules():
+        if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1):
+            w = m.weight.detach()
+            dense += w.shape[0] * w.shape[1]
+            nonzero += int(w.flatten(2).ne(0).any(dim=2).sum())
+            sw = slim_mods[name].weight
+            kept += sw.shape[0] * sw.shape[1]
+    return {"kxk_slices_dense": dense, "kxk_slices_nonzero": nonzero, "kxk_slices_slim": kept}
+
+
+def channel_table(plain: nn.Module, slim_net: nn.Module, stats: list[dict],
+                  activity: dict[str, dict]) -> list[dict]:
+    """Per layer: zero in/out channels (weights), channels kept by slim, and input channels that
+    carry an all-zero / constant activation although the layer's weights still read them."""
+    slim_mods = dict(slim_net.named_modules())
+    rows = []
+    for s in stats:
+        name = s["name"]
+        dense = plain.get_submodule(name)
+        w = dense.weight.detach()
+        reads = (w.reshape(w.shape[0], w.shape[1], -1) != 0).any(dim=2).any(dim=0)
+        act = activity.get(name)
+        sm = slim_mods.get(name)
+        rows.append({
+            "name": name, "shape": s["shape"], "slice_sparsity": s["slice_sparsity"],
+            "out_channels": s["out_channels"], "out_channels_zero": s["out_channels_zero"],
+            "in_channels": s["in_channels"], "in_channels_zero": s["in_channels_zero"],
+            "out_kept": (sm.weight.shape[0] if sm is not None else None),
+            "in_kept": (sm.weight.shape[1] if sm is not None else None),
+            "in_dead_but_read": int((act["zero"] & reads).sum()) if act else None,
+            "in_const_but_read": int((act["const"] & reads).sum()) if act else None,
+        })
+    return rows
+
+
+# ----------------------------------------------------------------------------- latency
+
+def interleaved_latency(nets: dict[str, nn.Module], x: torch.Tensor, *, threads: int,
+                        rounds: int, block: int, warmup: int) -> dict[str, list[float]]:
+    """Per-pass wall times (seconds) of each network, measured in alternating blocks."""
+    times: dict[str, list[float]] = {k: [] for k in nets}
+    order = list(nets)
+    with torch_threads(threads), torch.inference_mode():
+        for net in nets.values():
+            net.eval()
+            for _ in range(warmup):
+                net(x)
+        for r in range(rounds):
+            for key in (order if r % 2 == 0 else order[::-1]):
+                net = nets[key]
+                for _ in range(block):
+                    t0 = time.perf_counter()
+                    net(x)
+                    times[key].append(time.perf_counter() - t0)
+    return times
+
+
+def quartiles(ts: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
+    return q[0] * 1e3, statistics.median(ts) * 1e3, q[2] * 1e3
+
+
+def measure_latency(nets: dict[str, nn.Module], shape: tuple[int, ...], threads: list[int],
+                    settings: dict, seed: int) -> list[dict]:
+    """Interleaved latency of ``nets`` (first one is the dense reference) per thread count and
+    batch; speedups are dense median / other median."""
+    results = []
+    gen = torch.Generator().manual_seed(seed)
+    ref = next(iter(nets))
+    for n in threads:
+        for b in BATCHES:
+            x = torch.randn(b, *shape, generator=gen)
+            t = interleaved_latency(nets, x, threads=n, rounds=settings["rounds"],
+                                    block=settings["block"], warmup=settings["warmup"])
+            q = {k: quartiles(v) for k, v in t.items()}
+            res = {"threads": n, "batch": b, "passes_each": len(t[ref]),
+                   "ms": {k: v[1] for k, v in q.items()},
+                   "iqr_ms": {k: [v[0], v[2]] for k, v in q.items()},
+                   "speedup": {k: q[ref][1] / v[1] for k, v in q.items() if k != ref}}
+            results.append(res)
+            print(f"threads {n} batch {b:3d}: " + "  ".join(
+                f"{k} {v:8.2f} ms" for k, v in res["ms"].items()) + "  speedup " + ", ".join(
+                f"{k} {v:.2f}x" for k, v in res["speedup"].items()), flush=True)
+    return results
+
+
+def zero_dead_reads(net: nn.Module, activity: dict[str, dict]) -> tuple[nn.Module, int]:
+    """What-if (not library behaviour): a copy of ``net`` whose conv/linear layers no longer read
+    input channels that were identically zero on the probe images (zero weight slices)."""
+    net = copy.deepcopy(net)
+    count = 0
+    with torch.no_grad():
+        for name, m in net.named_modules():
+            if not isinstance(m, nn.Conv2d | nn.Linear) or name not in activity:
+                continue
+            if isinstance(m, nn.Conv2d) and m.groups != 1:
+                continue
+            w = m.weight
+            reads = (w.reshape(w.shape[0], w.shape[1], -1) != 0).any(dim=2).any(dim=0)
+            sel = activity[name]["zero"] & reads
+            w[:, sel] = 0
+            count += int(sel.sum())
+    return net.eval(), count
+
+
+def compare(a: nn.Module, b: nn.Module, splits) -> dict:
+    """Max |logit difference| of ``a`` and ``b`` over the test split, and ``b``'s accuracy."""
+    diff = 0.0
+    with torch.inference_mode():
+        for x, _ in iterate_batches(splits.test, 1000, shuffle=False):
+            diff = max(diff, float((a(x) - b(x)).abs().max()))
+    return {"max_abs_diff": diff, "accuracy": evaluate_accuracy(b, splits.test, device="cpu")}
+
+
+# ----------------------------------------------------------------------------- report
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def markdown(res: dict, command: str) -> str:
+    st, info, fl = res["settings"], res["model"], res["flops"]
+    arch = info["arch"]
+    lines = [
+        "## Slim vs dense inference latency (`lilnetx.slim`)",
+        "",
+        machine_line(res["machine"]),
+        f"Load average before / after: {st['loadavg_before']} / {st['loadavg_after']} (shared "
+        "machine; other jobs ran concurrently, so absolute times are noisy; dense and slim are "
+        "interleaved so drifts hit both).",
+        "",
+        "Reproduce:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+    ]
+    if info["source"] == "trained":
+        lines += [
+            f"Model: `{arch['model']}` width {arch['width']:g} on `{arch['data']['name']}` "
+            f"({arch['in_channels']}x{arch['image_size']}x{arch['image_size']}), trained with "
+            f"`lilnetx.run` on {info['train_size']:,} training images for {st['epochs']} epochs "
+            f"(batch {st['batch_size']}, lr {st['lr']:g}, lambda_sparsity "
+            f"{st['lambda_sparsity']:g}, other hyperparameters the `TrainConfig` defaults, seed "
+            f"{st['seed']}, {st['train_threads']} torch thread(s)) in "
+            f"{info['train_seconds']:.0f} s; saved as `{st['model_path']}` "
+            f"({info['file_bytes']:,} bytes) and reloaded from the file.",
+        ]
+    else:
+        lines.append(f"Model: {info['source']} (`{arch['model']}`).")
+    lines += [
+        "",
+        "| test accuracy | slice sparsity | weight sparsity | zero output channels | "
+        "channels removed by slim | dense MACs | slim MACs | MAC ratio | slice-skipping MACs |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {info['accuracy']:.4f} | {info['slice_sparsity']:.4f} | "
+        f"{info['weight_sparsity']:.4f} | {info['zero_out_channel_fraction']:.4f} | "
+        f"{fl['channel_sparsity']:.4f} | {fl['dense_flops']:,} | {fl['flops']:,} | "
+        f"{fl['dense_flops'] / fl['flops']:.2f}x | {fl['sparse_flops']:,} |",
+        "",
+        "MACs per sample from `lilnetx.count_macs` (torch's FLOP counter / 2); "
+        "slice-skipping MACs: what a kernel skipping zero k x k slices would do on the dense "
+        "network. Slim network checked against dense on the whole test split: max |logit "
+        f"difference| {res['check']['max_abs_diff']:.2e}, slim test accuracy "
+        f"{res['check']['accuracy']:.4f}.",
+        "",
+    ]
+    wi = res.get("what_if")
+    if wi:
+        lines += [
+            f"`{WHAT_IF}` (a what-if, **not** what the library does): before slimming, the "
+            f"{wi['reads_removed']} weight columns that read an input channel which is "
+            "identically zero on 512 test images (a channel whose producing conv has all-zero "
+            "weights and whose BatchNorm shift is <= 0, so the ReLU outputs exactly 0) are "
+            "zeroed, so `lilnetx.slim` can remove those channels too: "
+            f"{wi['channel_sparsity']:.4f} of the output channels removed, {wi['flops']:,} MACs "
+            f"({fl['dense_flops'] / wi['flops']:.2f}x fewer than dense), max |logit difference| "
+            f"to dense over the test split {wi['max_abs_diff']:.2e}, test accuracy "
+            f"{wi['accuracy']:.4f}.",
+            "",
+        ]
+    names = list(res["latency"][0]["ms"]) if res["latency"] else []
+    others = names[1:]
+    lines += [
+        "Latency: median of per-pass wall times under `torch.inference_mode()`, "
+        f"{st['rounds']} interleaved rounds x {st['block']} passes of each network (after "
+        f"{st['warmup']} warm-up passes; order alternates between rounds), random input; "
+        "interquartile range in brackets; speedup = dense median / median.",
+        "",
+        "| threads | batch | " + " | ".join(f"{k} ms" for k in names) + " | "
+        + " | ".join(f"speedup {k}" for k in others) + " |",
+        "|---:|---:|" + "---:|" * (len(names) + len(others)),
+    ]
+    noisy = []
+    for r in res["latency"]:
+        cells = [f"{r['ms'][k]:.2f} ({r['iqr_ms'][k][0]:.2f}-{r['iqr_ms'][k][1]:.2f})"
+                 for k in names]
+        cells += [f"{r['speedup'][k]:.2f}x" for k in others]
+        flag = ""
+        if any(r["iqr_ms"][k][1] > NOISY * r["iqr_ms"][k][0] for k in names):
+            flag = " (noisy)"
+            noisy.append(f"{r['threads']} thread(s), batch {r['batch']}")
+        lines.append(f"| {r['threads']}{flag} | {r['batch']} | " + " | ".join(cells) + " |")
+    if noisy:
+        lines += ["", f"Noisy rows (upper quartile > {NOISY}x the lower quartile for some "
+                  f"network, i.e. other jobs competed for the cores): {'; '.join(noisy)}. "
+                  "Their ratios are not reliable."]
+    main_n = st["threads"][0]
+    b64 = [r for r in res["latency"] if r["threads"] == main_n and r["batch"] == 64]
+    if b64:
+        sp = b64[0]["speedup"]["slim"]
+        ok = sp >= TARGET_SPEEDUP_B64
+        lines += ["", f"Target slim speedup >= {TARGET_SPEEDUP_B64}x at batch 64 ({main_n} "
+                  f"threads): {'met' if ok else '**MISSED**'} ({sp:.2f}x)."]
+    lines += [
+        "",
+        "Per layer: zero output / input channels of the weights (`lilnetx.stats.layer_stats`), "
+        "channels left by slim, and input channels that are read (non-zero weight slice) although "
+        "their activation is identically zero (dead) or constant on 512 test images.",
+        "",
+        "| layer | shape | slice sparsity | zero out | zero in | out kept | in kept "
+        "| in dead but read | in constant but read |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["layers"]:
+        lines.append(
+            f"| {r['name']} | {'x'.join(map(str, r['shape']))} | {r['slice_sparsity']:.3f} | "
+            f"{r['out_channels_zero']}/{r['out_channels']} | "
+            f"{r['in_channels_zero']}/{r['in_channels']} | {r['out_kept']} | {r['in_kept']} | "
+            f"{r['in_dead_but_read']} | {r['in_const_but_read']} |")
+    a = res["analysis"]
+    lines += [
+        "",
+        f"Totals: {a['zero_out']} output channels have all-zero weights, slim removed "
+        f"{a['removed']} of {a['out_total']} output channels; {a['dead_read']} input channels "
+        f"are read although identically zero and {a['const_read']} although constant. "
+        f"k x k conv slices (k > 1): {a['kxk_slices_dense']:,} in the dense network, "
+        f"{a['kxk_slices_nonzero']:,} of them non-zero "
+        f"({a['kxk_slices_nonzero'] / a['kxk_slices_dense']:.1%}); the slim network keeps "
+        f"{a['kxk_slices_slim']:,} slices, of which "
+        f"{1 - a['kxk_slices_nonzero'] / a['kxk_slices_slim']:.1%} are still zero.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[2],
+                    help="torch thread count(s) of the latency measurement (default 2; the "
+                         "first one is judged against the target)")
+    ap.add_argument("--train-threads", type=int, default=1,
+                    help="torch threads while training (default 1)")
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--dataset", default="fashion_mnist")
+    ap.add_argument("--data-root", default=None)
+    for k in ("epochs", "limit", "batch_size", "rounds", "block", "warmup"):
+        ap.add_argument("--" + k.replace("_", "-"), type=int, default=None)
+    for k in ("lr", "lambda_sparsity"):
+        ap.add_argument("--" + k.replace("_", "-"), type=float, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model-path", default="/tmp/lilnetx-slim-bench.lnx",
+                    help="where the trained model's .lnx file goes")
+    ap.add_argument("--load", default=None, help="measure this .lnx file instead of training")
+    ap.add_argument("--no-what-if", action="store_true",
+                    help="skip the what-if network (dead-but-read channels also removed)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny training, few rounds")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="markdown file whose `slim` section to (re)write")
+    args = ap.parse_args(argv)
+    base = QUICK if args.quick else FULL
+    settings = {k: getattr(args, k) if getattr(args, k) is not None else v
+                for k, v in base.items()}
+    settings.update(threads=args.threads, train_threads=args.train_threads, seed=args.seed,
+                    model_path=args.load or args.model_path, loadavg_before=loadavg())
+    torch.manual_seed(args.seed)
+
+    plain, info, stats, arch = load(args) if args.load else train(args, settings)
+    print(f"accuracy {info['accuracy']:.4f}, slice sparsity {info['slice_sparsity']:.4f}",
+          flush=True)
+    slim_net, flops = slim_metrics(plain, arch, latency=False)
+    x = example_input(arch)
+    flops["slim_sparse_flops"] = count_macs(slim_net, x)["sparse_flops"]
+    flops["out_channels_dense"], flops["out_channels_slim"] = out_channels(plain), \
+        out_channels(slim_net)
+
+    data_name = arch.get("data", {}).get("name", args.dataset)
+    splits = create_dataset(data_name, args.data_root)
+    probe = torch.stack([splits.test[i][0] for i in range(min(512, len(splits.test)))])
+    activity = input_activity(plain, probe)
+    layers = channel_table(plain, slim_net, stats, activity)
+    check = compare(plain, slim_net, splits)
+    analysis = slice_density(plain, slim_net)
+    analysis.update({"zero_out": sum(r["out_channels_zero"] for r in layers),
+                "out_total": flops["out_channels_dense"],
+                "removed": flops["out_channels_dense"] - flops["out_channels_slim"],
+                "dead_read": sum(r["in_dead_but_read"] or 0 for r in layers),
+                "const_read": sum(r["in_const_but_read"] or 0 for r in layers)})
+    print(f"channels removed {flops['channel_sparsity']:.4f}, MACs {flops['dense_flops']:,} -> "
+          f"{flops['flops']:,}, max |diff| {check['max_abs_diff']:.2e}", flush=True)
+    nets = {"dense": plain, "slim": slim_net}
+    whatif = None
+    if not args.no_what_if:
+        zeroed, n_zeroed = zero_dead_reads(plain, activity)
+        slim_dead = slim(zeroed, x)
+        whatif = {"reads_removed": n_zeroed, "flops": count_macs(slim_dead, x)["flops"],
+                  "channel_sparsity": 1.0 - out_channels(slim_dead) / out_channels(plain),
+                  **compare(plain, slim_dead, splits)}
+        nets[WHAT_IF] = slim_dead
+        print(f"what-if: {n_zeroed} dead reads dropped, channels removed "
+              f"{whatif['channel_sparsity']:.4f}, MACs {whatif['flops']:,}, max |diff| "
+              f"{whatif['max_abs_diff']:.2e}", flush=True)
+
+    shape = (int(arch["in_channels"]), int(arch["image_size"]), int(arch["image_size"]))
+    latency = measure_latency(nets, shape, args.threads, settings, args.seed)
+    settings["loadavg_after"] = loadavg()
+    res = {"machine": machine(), "settings": settings, "model": info, "flops": flops,
+           "check": check, "what_if": whatif, "latency": latency,
+           "layers": layers, "analysis": analysis}
+    if args.json:
+        print(json.dumps(res, indent=2, default=str))
+    else:
+        for r in layers:
+            print(f"  {r['name']:22s} {str(r['shape']):18s} ss {r['slice_sparsity']:.3f} "
+                  f"zero out {r['out_channels_zero']:3d}/{r['out_channels']:<3d} zero in "
+                  f"{r['in_channels_zero']:3d}/{r['in_channels']:<3d} kept out {r['out_kept']} "
+                  f"in {r['in_kept']} dead-read {r['in_dead_but_read']} "
+                  f"const-read {r['in_const_but_read']}")
+    if args.out is not None:
+        write_section(args.out, SECTION,
+                      markdown(res, command_line("benchmarks/slim_speedup.py", argv)))
+        print(f"wrote the `{SECTION}` section of {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
