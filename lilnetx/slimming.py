@@ -6,6 +6,13 @@ channel (BatchNorm shift, bias) is then never used, so removing it, with the Bat
 depthwise convs and residual partners coupled to it, leaves the outputs unchanged. The coupled
 channel sets across residual connections, depthwise convs and BatchNorm come from Torch-Pruning's
 dependency graph.
+
+Before that, reads of *dead* channels are dropped (:func:`zero_dead_reads`): a channel whose every
+writer has an all-zero weight slice for it is a constant, the same for every input; when that
+constant is exactly zero where a layer reads it (a BatchNorm shift <= 0 under a ReLU, no bias),
+the layer's weight slice for it multiplies zeros only and is set to zero, which changes no output
+and lets the channel go. Repeated until nothing changes, since a dropped read can leave another
+writer all zero.
 """
 
 from __future__ import annotations
@@ -50,15 +57,93 @@ def _read_mask(module: nn.Module, idx: int) -> bool:
     return bool(module.weight.detach()[:, idx].ne(0).any())
 
 
-def dead_channels(net: nn.Module, example: torch.Tensor) -> list[tuple[nn.Module, object, list[int]]]:
-    """``(root layer, pruning function, channel indices)`` for every coupled channel set that no
-    layer reads. Requires ``torch_pruning``."""
+def _channel_groups(net: nn.Module, example: torch.Tensor):
+    """Torch-Pruning's dependency graph of ``net`` and its coupled channel groups, rooted at the
+    conv/linear layers whose outputs are not the network's."""
     import torch_pruning as tp
 
     ignored = _output_layers(net, example)
     dg = tp.DependencyGraph().build_dependency(net, example_inputs=example)
+    return dg, list(dg.get_all_groups(ignored_layers=ignored))
+
+
+def _reader_inputs(net: nn.Module, probes: list[torch.Tensor]) -> dict[nn.Module, torch.Tensor]:
+    """Per reader layer, a bool mask of its input channels (features) that were exactly zero at
+    every position of every probe."""
+    zero: dict[nn.Module, torch.Tensor] = {}
+
+    def hook(mod, inp, _out):
+        x = inp[0].detach()
+        z = x.eq(0).transpose(0, 1).reshape(x.shape[1], -1).all(dim=1)
+        zero[mod] = z if mod not in zero else zero[mod] & z
+
+    hooks = [m.register_forward_hook(hook) for m in net.modules() if _is_reader(m)]
+    try:
+        with torch.no_grad():
+            for x in probes:
+                net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return zero
+
+
+def zero_dead_reads(net: nn.Module, example: torch.Tensor, graph=None) -> int:
+    """Zero, in place, the weight slices through which a layer reads a dead channel; returns how
+    many (layer, input channel) reads were dropped. The outputs do not change.
+
+    A channel is dead when every conv/linear layer writing it (the channel's output-pruning
+    entries in its dependency group: the producer and its residual partners) has an all-zero
+    weight slice for it, so the channel does not depend on the input, and a reader sees exact
+    zeros in it on random probes shaped like ``example`` (N, C, H, W). ``net`` must be in eval
+    mode. ``graph``: the result of :func:`_channel_groups` when the caller has it. Requires
+    ``torch_pruning``.
+    """
+    dg, groups = graph or _channel_groups(net, example)
+    gen = torch.Generator().manual_seed(0)
+    probes = [example, *(torch.randn(example.shape, generator=gen) * s for s in (1.0, 10.0))]
+    zero_in = _reader_inputs(net, probes)
+    dropped = 0
+    changed = True
+    while changed:
+        changed = False
+        for group in groups:
+            writers, readers = [], []
+            for item in group.items:
+                module, fn = item.dep.target.module, item.dep.handler
+                if not isinstance(module, nn.Conv2d | nn.Linear):
+                    continue
+                if dg.is_out_channel_pruning_fn(fn):
+                    writers.append((module, item.idxs, item.root_idxs))
+                elif dg.is_in_channel_pruning_fn(fn) and _is_reader(module):
+                    readers.append((module, item.idxs, item.root_idxs))
+            if not writers or not readers:
+                continue
+            n = dg.get_out_channels(group[0].dep.target.module)
+            constant = [True] * n
+            for module, idxs, roots in writers:
+                w = module.weight.detach()
+                for idx, root in zip(idxs, roots, strict=True):
+                    if constant[root] and w[idx].ne(0).any():
+                        constant[root] = False
+            with torch.no_grad():
+                for module, idxs, roots in readers:
+                    w, z = module.weight, zero_in.get(module)
+                    for idx, root in zip(idxs, roots, strict=True):
+                        if constant[root] and z is not None and z[idx] and w[:, idx].ne(0).any():
+                            w[:, idx] = 0
+                            dropped += 1
+                            changed = True
+    return dropped
+
+
+def dead_channels(net: nn.Module, example: torch.Tensor,
+                  graph=None) -> list[tuple[nn.Module, object, list[int]]]:
+    """``(root layer, pruning function, channel indices)`` for every coupled channel set that no
+    layer reads (``graph`` as in :func:`zero_dead_reads`). Requires ``torch_pruning``."""
+    dg, groups = graph or _channel_groups(net, example)
     plans = []
-    for group in dg.get_all_groups(ignored_layers=ignored):
+    for group in groups:
         root_dep = group[0].dep
         root, fn = root_dep.target.module, root_dep.handler
         n = dg.get_out_channels(root)
@@ -82,12 +167,14 @@ def dead_channels(net: nn.Module, example: torch.Tensor) -> list[tuple[nn.Module
     return plans
 
 
-def slim(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
+def slim(model: nn.Module, example_input: torch.Tensor, *, drop_dead: bool = True) -> nn.Module:
     """A plain dense copy of ``model`` with unread channels physically removed.
 
     Args:
         model: a :class:`~lilnetx.model.LilNetXModel` (decoded first) or a plain network.
         example_input: a batch shaped like the network's input (N, C, H, W); used to trace.
+        drop_dead: first drop the reads of dead channels (:func:`zero_dead_reads`), so that
+            channels which are identically zero go too.
 
     Returns a new network on the CPU in eval mode whose outputs equal the input network's.
     """
@@ -99,10 +186,11 @@ def slim(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
         raise ConfigError(f"slim expects an nn.Module, got {type(model).__name__}")
     net.eval()
     example = example_input.detach().cpu()
-    import torch_pruning as tp
-
-    dg = tp.DependencyGraph().build_dependency(net, example_inputs=example)
-    for root, fn, idx in dead_channels(net, example):
+    graph = _channel_groups(net, example)  # the coupling does not depend on the weights
+    if drop_dead:
+        zero_dead_reads(net, example, graph)
+    dg = graph[0]
+    for root, fn, idx in dead_channels(net, example, graph):
         dg.get_pruning_group(root, fn, idx).prune()
     return net.eval()
 

@@ -8,6 +8,7 @@ must compute the same function as the decoded one.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -26,7 +27,7 @@ from lilnetx import archspec, fileformat
 from lilnetx.export import example_input, export_onnx
 from lilnetx.latency import latency_ms
 from lilnetx.latent import LatentLinear
-from lilnetx.slimming import count_macs, slim
+from lilnetx.slimming import count_macs, slim, zero_dead_reads
 
 warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
 
@@ -210,6 +211,106 @@ def test_slim_of_a_plain_network_does_not_change_it():
     assert shapes(plain)["stem"] == (3, 8)
     after = plain.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class ChainNet(nn.Module):
+    """conv a -> BN -> ReLU -> conv b -> BN -> ReLU -> conv c -> BN -> ReLU -> pool -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn_a = nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)
+        self.b, self.bn_b = nn.Conv2d(6, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)
+        self.c, self.bn_c = nn.Conv2d(6, 5, 3, padding=1, bias=False), nn.BatchNorm2d(5)
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, x):
+        x = F.relu(self.bn_a(self.a(x)))
+        x = F.relu(self.bn_b(self.b(x)))
+        return self.fc(F.relu(self.bn_c(self.c(x))).mean((2, 3)))
+
+
+def _chain(zero_writer_a: list[int], shift: float) -> nn.Module:
+    """A calibrated ChainNet whose conv ``a`` writes nothing to ``zero_writer_a`` (zero weight
+    slices) and whose BatchNorms shift those channels by ``shift`` (ReLU(shift) after them)."""
+    torch.manual_seed(0)
+    net = ChainNet()
+    calibrate(net, torch.randn(8, 3, 8, 8))
+    with torch.no_grad():
+        net.a.weight[zero_writer_a] = 0
+        for bn in (net.bn_a, net.bn_b):
+            bn.running_mean.zero_()
+            bn.bias.fill_(0.5)
+        net.bn_a.bias[zero_writer_a] = shift
+    return net.eval()
+
+
+def test_reads_of_a_dead_channel_are_dropped_and_the_channel_goes():
+    # a's channels 1 and 4 are BN(0) = -0.3 under a ReLU: identically zero, though b reads them
+    net = _chain([1, 4], -0.3)
+    assert bool(net.b.weight[:, [1, 4]].ne(0).all())
+    x = torch.randn(4, 3, 8, 8)
+    slim_net = slim(net, x[:1])
+    assert shapes(slim_net)["a"] == (3, 4) and shapes(slim_net)["b"] == (4, 6)
+    assert_same_function(net, slim_net, x)
+    # without dropping dead reads nothing goes (b reads every channel)
+    assert shapes(slim(net, x[:1], drop_dead=False)) == shapes(net)
+
+
+def test_a_constant_nonzero_channel_is_kept():
+    net = _chain([1, 4], 0.3)  # ReLU(0.3) = 0.3 everywhere: constant but read
+    x = torch.randn(4, 3, 8, 8)
+    copy_net = copy.deepcopy(net)
+    assert zero_dead_reads(copy_net, x[:1]) == 0
+    assert shapes(slim(net, x[:1])) == shapes(net)
+
+
+def test_a_channel_dead_only_on_some_inputs_is_kept():
+    # a's channel 2 reads the input (non-zero weights) with a large negative shift: it is zero on
+    # typical inputs, but not for every input, so its reads must stay
+    net = _chain([], 0.5)
+    with torch.no_grad():
+        net.bn_a.bias[2] = -3.0
+    x = torch.randn(4, 3, 8, 8) * 0.01
+    assert zero_dead_reads(copy.deepcopy(net), x[:1]) == 0
+    assert shapes(slim(net, x[:1]))["a"] == (3, 6)
+
+
+def test_dead_channels_propagate_down_the_chain():
+    # b's output channel 3 reads only a's dead channels 1 and 4: once those reads go, b writes
+    # nothing to channel 3, and with a shift <= 0 it is dead for c in turn
+    net = _chain([1, 4], -0.3)
+    with torch.no_grad():
+        keep = [i for i in range(6) if i not in (1, 4)]
+        net.b.weight[3, keep] = 0
+        net.bn_b.bias[3] = -0.1
+    x = torch.randn(4, 3, 8, 8)
+    work = copy.deepcopy(net)
+    assert zero_dead_reads(work, x[:1]) == 3  # b reads 1 and 4, then c reads 3
+    assert_same_function(net, work, x, tol=0.0)
+    slim_net = slim(net, x[:1])
+    assert shapes(slim_net)["b"] == (4, 5) and shapes(slim_net)["c"] == (5, 5)
+    assert_same_function(net, slim_net, x)
+
+
+def test_dead_channels_in_a_residual_stream_need_every_writer_zero():
+    torch.manual_seed(0)
+    model = lilnetx.convert(ResidualNet())
+    nonzero_latents(model)
+    calibrate(model, torch.randn(8, 3, 8, 8))
+    plain = lilnetx.decode(model).eval()
+    with torch.no_grad():  # channel 3 of the residual stream: the stem's write goes, conv2's stays
+        plain.stem.weight[3] = 0
+        plain.bn0.bias[3] = -1.0
+        plain.bn0.running_mean[3] = 0.0
+    x = torch.randn(4, 3, 8, 8)
+    assert shapes(slim(plain, x[:1]))["stem"] == (3, 8)
+    with torch.no_grad():  # and once conv2 writes nothing to it either, with a shift <= 0
+        plain.conv2.weight[3] = 0
+        plain.bn2.bias[3] = -1.0
+        plain.bn2.running_mean[3] = 0.0
+    slim_net = slim(plain, x[:1])
+    assert shapes(slim_net)["stem"] == (3, 7) and shapes(slim_net)["conv2"] == (8, 7)
+    assert_same_function(plain, slim_net, x)
 
 
 def test_slim_rejects_a_non_module():
