@@ -46,12 +46,14 @@ from lilnetx import (  # noqa: E402
 from lilnetx import run as run_training  # noqa: E402
 from lilnetx.export import example_input, out_channels, slim_metrics  # noqa: E402
 from lilnetx.latency import torch_threads  # noqa: E402
+from lilnetx.slimming import zero_dead_reads  # noqa: E402
 from lilnetx.stats import layer_stats  # noqa: E402
 
 SECTION = "slim"
 TARGET_SPEEDUP_B64 = 1.8
 BATCHES = (1, 64)
-WHAT_IF = "slim+dead"
+UNREAD_ONLY = "unread-only"
+FOLDED = "BN-folded"
 NOISY = 1.5
 
 FULL = {"epochs": 8, "limit": 12000, "batch_size": 128, "lr": 2e-2, "lambda_sparsity": 3e-3,
@@ -231,46 +233,26 @@ def quartiles(ts: list[float]) -> tuple[float, float, float]:
 
 
 def measure_latency(nets: dict[str, nn.Module], shape: tuple[int, ...], threads: list[int],
-                    settings: dict, seed: int) -> list[dict]:
-    """Interleaved latency of ``nets`` (first one is the dense reference) per thread count and
-    batch; speedups are dense median / other median."""
+                    settings: dict, seed: int, refs: dict[str, str]) -> list[dict]:
+    """Interleaved latency of ``nets`` per thread count and batch; ``refs`` maps a network to
+    the dense network it is compared with (speedup = reference median / its median)."""
     results = []
     gen = torch.Generator().manual_seed(seed)
-    ref = next(iter(nets))
     for n in threads:
         for b in BATCHES:
             x = torch.randn(b, *shape, generator=gen)
             t = interleaved_latency(nets, x, threads=n, rounds=settings["rounds"],
                                     block=settings["block"], warmup=settings["warmup"])
             q = {k: quartiles(v) for k, v in t.items()}
-            res = {"threads": n, "batch": b, "passes_each": len(t[ref]),
+            res = {"threads": n, "batch": b, "passes_each": len(t[next(iter(nets))]),
                    "ms": {k: v[1] for k, v in q.items()},
                    "iqr_ms": {k: [v[0], v[2]] for k, v in q.items()},
-                   "speedup": {k: q[ref][1] / v[1] for k, v in q.items() if k != ref}}
+                   "speedup": {k: q[ref][1] / q[k][1] for k, ref in refs.items()}}
             results.append(res)
             print(f"threads {n} batch {b:3d}: " + "  ".join(
                 f"{k} {v:8.2f} ms" for k, v in res["ms"].items()) + "  speedup " + ", ".join(
                 f"{k} {v:.2f}x" for k, v in res["speedup"].items()), flush=True)
     return results
-
-
-def zero_dead_reads(net: nn.Module, activity: dict[str, dict]) -> tuple[nn.Module, int]:
-    """What-if (not library behaviour): a copy of ``net`` whose conv/linear layers no longer read
-    input channels that were identically zero on the probe images (zero weight slices)."""
-    net = copy.deepcopy(net)
-    count = 0
-    with torch.no_grad():
-        for name, m in net.named_modules():
-            if not isinstance(m, nn.Conv2d | nn.Linear) or name not in activity:
-                continue
-            if isinstance(m, nn.Conv2d) and m.groups != 1:
-                continue
-            w = m.weight
-            reads = (w.reshape(w.shape[0], w.shape[1], -1) != 0).any(dim=2).any(dim=0)
-            sel = activity[name]["zero"] & reads
-            w[:, sel] = 0
-            count += int(sel.sum())
-    return net.eval(), count
 
 
 def compare(a: nn.Module, b: nn.Module, splits) -> dict:
@@ -343,11 +325,12 @@ def markdown(res: dict, command: str) -> str:
     wi = res.get("what_if")
     if wi:
         lines += [
-            f"`{WHAT_IF}` (a what-if, **not** what the library does): before slimming, the "
-            f"{wi['reads_removed']} weight columns that read an input channel which is "
-            "identically zero on 512 test images (a channel whose producing conv has all-zero "
-            "weights and whose BatchNorm shift is <= 0, so the ReLU outputs exactly 0) are "
-            "zeroed, so `lilnetx.slim` can remove those channels too: "
+            f"`slim` is `lilnetx.slim` as shipped: it first drops {wi['reads_dropped']} reads of "
+            "dead channels (a channel whose every writer has an all-zero weight slice, so that "
+            "BatchNorm and ReLU make it a constant, and the constant is exactly 0: "
+            "`lilnetx.slimming.zero_dead_reads`), then removes every channel no layer reads. "
+            f"`{UNREAD_ONLY}` is the same without dropping dead reads "
+            "(`slim(..., drop_dead=False)`), for reference: "
             f"{wi['channel_sparsity']:.4f} of the output channels removed, {wi['flops']:,} MACs "
             f"({fl['dense_flops'] / wi['flops']:.2f}x fewer than dense), max |logit difference| "
             f"to dense over the test split {wi['max_abs_diff']:.2e}, test accuracy "
@@ -355,12 +338,15 @@ def markdown(res: dict, command: str) -> str:
             "",
         ]
     names = list(res["latency"][0]["ms"]) if res["latency"] else []
-    others = names[1:]
+    others = list(res["latency"][0]["speedup"]) if res["latency"] else []
     lines += [
         "Latency: median of per-pass wall times under `torch.inference_mode()`, "
         f"{st['rounds']} interleaved rounds x {st['block']} passes of each network (after "
         f"{st['warmup']} warm-up passes; order alternates between rounds), random input; "
-        "interquartile range in brackets; speedup = dense median / median.",
+        "interquartile range in brackets; speedup = dense median / median, where a BN-folded "
+        f"network is compared with the BN-folded dense one. `{FOLDED}`: the same networks with "
+        "every BatchNorm folded into the conv before it (`torch.fx.experimental.optimization."
+        "fuse`), the form an inference runtime executes (ONNX Runtime folds it too).",
         "",
         "| threads | batch | " + " | ".join(f"{k} ms" for k in names) + " | "
         + " | ".join(f"speedup {k}" for k in others) + " |",
@@ -384,14 +370,17 @@ def markdown(res: dict, command: str) -> str:
     b64 = [r for r in res["latency"] if r["threads"] == main_n and r["batch"] == 64]
     if b64:
         sp = b64[0]["speedup"]["slim"]
+        spf = b64[0]["speedup"].get(f"slim {FOLDED}")
         ok = sp >= TARGET_SPEEDUP_B64
         lines += ["", f"Target slim speedup >= {TARGET_SPEEDUP_B64}x at batch 64 ({main_n} "
-                  f"threads): {'met' if ok else '**MISSED**'} ({sp:.2f}x)."]
+                  f"threads): {'met' if ok else '**MISSED**'} ({sp:.2f}x"
+                  + (f"; {spf:.2f}x with BatchNorm folded in both" if spf else "") + ")."]
     lines += [
         "",
         "Per layer: zero output / input channels of the weights (`lilnetx.stats.layer_stats`), "
-        "channels left by slim, and input channels that are read (non-zero weight slice) although "
-        "their activation is identically zero (dead) or constant on 512 test images.",
+        "channels left by slim, and input channels of the dense network that are read (non-zero "
+        "weight slice) although their activation is identically zero (dead: slim drops these "
+        "reads when the channel is dead for every input) or constant on 512 test images.",
         "",
         "| layer | shape | slice sparsity | zero out | zero in | out kept | in kept "
         "| in dead but read | in constant but read |",
@@ -438,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="where the trained model's .lnx file goes")
     ap.add_argument("--load", default=None, help="measure this .lnx file instead of training")
     ap.add_argument("--no-what-if", action="store_true",
-                    help="skip the what-if network (dead-but-read channels also removed)")
+                    help="skip the reference network slimmed without dropping dead reads")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny training, few rounds")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--out", type=Path, default=None,
@@ -477,18 +466,27 @@ def main(argv: list[str] | None = None) -> int:
     nets = {"dense": plain, "slim": slim_net}
     whatif = None
     if not args.no_what_if:
-        zeroed, n_zeroed = zero_dead_reads(plain, activity)
-        slim_dead = slim(zeroed, x)
-        whatif = {"reads_removed": n_zeroed, "flops": count_macs(slim_dead, x)["flops"],
-                  "channel_sparsity": 1.0 - out_channels(slim_dead) / out_channels(plain),
-                  **compare(plain, slim_dead, splits)}
-        nets[WHAT_IF] = slim_dead
-        print(f"what-if: {n_zeroed} dead reads dropped, channels removed "
-              f"{whatif['channel_sparsity']:.4f}, MACs {whatif['flops']:,}, max |diff| "
-              f"{whatif['max_abs_diff']:.2e}", flush=True)
+        unread = slim(plain, x, drop_dead=False)
+        n_dropped = zero_dead_reads(copy.deepcopy(plain).eval(), x)
+        whatif = {"reads_dropped": n_dropped, "flops": count_macs(unread, x)["flops"],
+                  "channel_sparsity": 1.0 - out_channels(unread) / out_channels(plain),
+                  **compare(plain, unread, splits)}
+        nets[UNREAD_ONLY] = unread
+        print(f"{UNREAD_ONLY}: channels removed {whatif['channel_sparsity']:.4f}, MACs "
+              f"{whatif['flops']:,}, max |diff| {whatif['max_abs_diff']:.2e}; the library drops "
+              f"{n_dropped} dead reads", flush=True)
 
     shape = (int(arch["in_channels"]), int(arch["image_size"]), int(arch["image_size"]))
-    latency = measure_latency(nets, shape, args.threads, settings, args.seed)
+    refs = {k: "dense" for k in nets if k != "dense"}
+    from torch.fx.experimental.optimization import fuse
+
+    for k in ("dense", "slim"):
+        nets[f"{k} {FOLDED}"] = fuse(nets[k])
+    refs[f"slim {FOLDED}"] = f"dense {FOLDED}"
+    for k in ("dense", "slim"):  # folding BatchNorm changes only float rounding
+        d = compare(nets[k], nets[f"{k} {FOLDED}"], splits)["max_abs_diff"]
+        print(f"{k} {FOLDED}: max |diff| {d:.2e}", flush=True)
+    latency = measure_latency(nets, shape, args.threads, settings, args.seed, refs)
     settings["loadavg_after"] = loadavg()
     res = {"machine": machine(), "settings": settings, "model": info, "flops": flops,
            "check": check, "what_if": whatif, "latency": latency,
