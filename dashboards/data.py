@@ -1,7 +1,9 @@
 """Runs of a sweep experiment, read from MLflow into plain records for the figures.
 
-Every failure a user can meet (server down, unknown or empty experiment) becomes a
-:class:`DashboardDataError` with a message the page shows.
+Every failure a user can meet (server down, unknown experiment, a run without its artifacts)
+becomes a :class:`DashboardDataError` with a message the page shows. An experiment with no runs
+yet is not an error: a sweep that has just started has none, and the live page says so and
+fills in as runs arrive.
 """
 
 from __future__ import annotations

@@ -30,9 +30,10 @@ def empty_figure(message: str) -> go.Figure:
 
 
 def spans_decades(values: list[float]) -> bool:
-    """Positive values whose max/min is at least 100: draw on a log axis."""
-    vals = [v for v in values if isinstance(v, int | float) and v > 0]
-    return len(vals) >= 2 and max(vals) / min(vals) >= 100
+    """Values that are all positive with max/min at least 100: draw on a log axis (a value <= 0
+    would vanish from a log axis, so then the axis stays linear)."""
+    vals = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    return len(vals) >= 2 and min(vals) > 0 and max(vals) / min(vals) >= 100
 
 
 def _has(r: RunRecord, *keys: str) -> bool:
@@ -50,7 +51,7 @@ def _hover(r: RunRecord, metrics: tuple[str, ...]) -> str:
 
 def front_indices(runs: list[RunRecord], metrics: tuple[str, ...]) -> list[int]:
     points = [r.metrics for r in runs]
-    return nondominated(points, {m: DIRECTION.get(m, "min") for m in metrics})
+    return nondominated(points, {m: DIRECTION.get(m, "min") for m in metrics}, as_searched=False)
 
 
 def pareto_figure(runs: list[RunRecord], x: str, y: str, *, color: str | None = None,
@@ -71,7 +72,7 @@ def pareto_figure(runs: list[RunRecord], x: str, y: str, *, color: str | None = 
     if color:
         raw = [r.params.get(color) for r in usable]
         if all(isinstance(v, int | float) for v in raw):
-            clog = spans_decades(raw) and all(v > 0 for v in raw)
+            clog = spans_decades(raw)
             cvals = {r.run_id: (math.log10(v) if clog else v) for r, v in zip(usable, raw,
                                                                              strict=True)}
     methods = sorted({r.method for r in usable})
@@ -151,7 +152,7 @@ def parallel_figure(runs: list[RunRecord], params: list[str], metrics: list[str]
         vals = [r.params.get(p) for r in done]
         if not all(isinstance(v, int | float) for v in vals):
             continue
-        if spans_decades(vals) and all(v > 0 for v in vals):
+        if spans_decades(vals):
             dims.append({"label": f"log10 {p}", "values": [math.log10(v) for v in vals]})
         else:
             dims.append({"label": p, "values": vals})

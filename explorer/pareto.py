@@ -18,20 +18,29 @@ def search_metric(objective: str) -> str:
     return SEARCH_METRIC.get(objective, objective)
 
 
-def _losses(points: list[dict], objectives: dict[str, str]) -> np.ndarray:
-    """(n, k) array to minimize: maximized metrics are negated."""
-    cols = [[(-1.0 if d == "max" else 1.0) * float(p[search_metric(o)]) for o, d in objectives.items()]
+def _losses(points: list[dict], objectives: dict[str, str], as_searched: bool = True) -> np.ndarray:
+    """(n, k) array to minimize: maximized metrics are negated. ``as_searched``: read each
+    objective's searched metric (``accuracy`` -> ``val_accuracy``), else the metric itself."""
+    key = search_metric if as_searched else (lambda o: o)
+    cols = [[(-1.0 if d == "max" else 1.0) * float(p[key(o)]) for o, d in objectives.items()]
             for p in points]
     return np.asarray(cols, dtype=float).reshape(len(points), len(objectives))
 
 
-def nondominated(points: list[dict], objectives: dict[str, str]) -> list[int]:
-    """Indices of the points no other point dominates (ties on every objective all kept)."""
+def nondominated(points: list[dict], objectives: dict[str, str], *,
+                 as_searched: bool = True) -> list[int]:
+    """Indices of the points no other point dominates (ties on every objective all kept).
+
+    ``as_searched`` (default): objectives are compared on the metrics the sweep searched
+    (``accuracy`` on ``val_accuracy``); ``False`` compares the named metrics as they are, for a
+    front drawn over the plotted values.
+    """
     if not points:
         return []
     from optuna.study._multi_objective import _is_pareto_front
 
-    mask = _is_pareto_front(_losses(points, objectives), assume_unique_lexsorted=False)
+    mask = _is_pareto_front(_losses(points, objectives, as_searched),
+                            assume_unique_lexsorted=False)
     return [i for i, m in enumerate(mask) if m]
 
 
