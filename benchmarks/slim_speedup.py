@@ -281,9 +281,8 @@ def markdown(res: dict, command: str) -> str:
         "## Slim vs dense inference latency (`lilnetx.slim`)",
         "",
         machine_line(res["machine"]),
-        f"Load average before / after: {st['loadavg_before']} / {st['loadavg_after']} (shared "
-        "machine; other jobs ran concurrently, so absolute times are noisy; dense and slim are "
-        "interleaved so drifts hit both).",
+        f"Load average before / after: {st['loadavg_before']} / {st['loadavg_after']} (a shared "
+        "machine: absolute times are noisy; dense and slim are interleaved so drifts hit both).",
         "",
         "Reproduce:",
         "",
