@@ -80,6 +80,8 @@ class RunOutcome:
     result: TrainResult
     arch: dict | None = None
     quantized: dict | None = None
+    slim: nn.Module | None = None
+    """The slim network, once :func:`finalize` has made it."""
 
 
 def dense_bytes(net: nn.Module) -> int:
@@ -185,11 +187,13 @@ def finalize(outcome: RunOutcome, path: str, *, latency: bool = True,
     """Write the ``.lnx`` file of a run and measure size, FLOPs and latency of its slim network.
 
     Updates and returns ``outcome.summary`` (keys ``size_bytes``, ``compression_ratio``,
-    ``flops``, ``dense_flops``, ``sparse_flops``, ``channel_sparsity``, ``latency_ms``, ...).
+    ``flops``, ``dense_flops``, ``sparse_flops``, ``channel_sparsity``, ``latency_ms``, ...) and
+    sets ``outcome.slim``.
     """
     from .export import write_and_measure
 
-    outcome.summary.update(write_and_measure(
+    metrics, outcome.slim = write_and_measure(
         outcome.model, outcome.plain, path, dense_bytes=outcome.summary["dense_bytes"],
-        latency=latency, onnx_path=onnx_path, arch=outcome.arch, quantized=outcome.quantized))
+        latency=latency, onnx_path=onnx_path, arch=outcome.arch, quantized=outcome.quantized)
+    outcome.summary.update(metrics)
     return outcome.summary

@@ -55,25 +55,34 @@ def slim_metrics(plain: nn.Module, arch: dict, *, latency: bool = True,
         "channel_sparsity": 1.0 - out_channels(slim_net) / max(out_channels(plain), 1),
     }
     if latency:
-        shape = tuple(x.shape[1:])
-        out["latency_ms"] = latency_ms(slim_net, shape, batch=1)
-        out["latency_ms_b64"] = latency_ms(slim_net, shape, batch=64)
-        out["dense_latency_ms"] = latency_ms(plain, shape, batch=1)
-        out["dense_latency_ms_b64"] = latency_ms(plain, shape, batch=64)
+        out.update(latency_metrics(slim_net, plain, tuple(x.shape[1:])))
     if onnx_path:
         export_onnx(slim_net, x, onnx_path)
     return slim_net, out
 
 
+def latency_metrics(slim_net: nn.Module, plain: nn.Module,
+                    input_shape: tuple[int, ...]) -> dict[str, float]:
+    """``latency_ms`` and ``latency_ms_b64`` of ``slim_net`` (batch 1 and 64), and
+    ``dense_latency_ms`` and ``dense_latency_ms_b64`` of ``plain``, in milliseconds
+    (:func:`lilnetx.latency.latency_ms`; ``input_shape`` is one sample's (C, H, W))."""
+    return {"latency_ms": latency_ms(slim_net, input_shape, batch=1),
+            "latency_ms_b64": latency_ms(slim_net, input_shape, batch=64),
+            "dense_latency_ms": latency_ms(plain, input_shape, batch=1),
+            "dense_latency_ms_b64": latency_ms(plain, input_shape, batch=64)}
+
+
 def write_and_measure(model, plain: nn.Module, path: str | os.PathLike, *,
                       dense_bytes: int, latency: bool = True, onnx_path: str | None = None,
-                      arch: dict | None = None, quantized: dict | None = None) -> dict:
-    """Save ``model`` as ``.lnx`` at ``path`` and return size, compression and slim metrics."""
+                      arch: dict | None = None, quantized: dict | None = None
+                      ) -> tuple[dict, nn.Module]:
+    """Save ``model`` as ``.lnx`` at ``path``; size, compression and slim metrics, and the slim
+    network."""
     parent = os.path.dirname(os.path.abspath(os.fspath(path)))
     os.makedirs(parent, exist_ok=True)
     arch = arch or model.arch
     size = fileformat.save(model, path, arch=arch, quantized=quantized)
     out = {"size_bytes": size, "compression_ratio": dense_bytes / size, "model_path": os.fspath(path)}
-    _, metrics = slim_metrics(plain, arch, latency=latency, onnx_path=onnx_path)
+    slim_net, metrics = slim_metrics(plain, arch, latency=latency, onnx_path=onnx_path)
     out.update(metrics)
-    return out
+    return out, slim_net
