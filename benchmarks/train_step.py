@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shlex
 import statistics
 import sys
@@ -44,14 +43,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_section  # noqa: E402
+
 from lilnetx import create_model
 from lilnetx.latent import round_ste
 from lilnetx.model import LilNetXModel, convert
 from lilnetx.priors import l2_prior, slice_group_lasso
 from lilnetx.train import TrainConfig, joint_loss, make_optimizers
 
-START = "<!-- train_step:start -->"
-END = "<!-- train_step:end -->"
+SECTION = "train_step"
 TARGET_RATIO = 1.10
 
 # name, model, input channels, image size, width
@@ -188,7 +189,6 @@ def markdown_section(results: list[dict], info: dict, command: str, settings: di
     load = ", ".join(f"{a:.1f}" for a in info["loadavg_start"])
     load_end = ", ".join(f"{a:.1f}" for a in info.get("loadavg_end", []))
     lines = [
-        START,
         "## Training-step overhead (LilNetX vs plain PyTorch)",
         "",
         f"Machine: {info['cpu']} ({info['logical_cpus']} logical CPUs), torch {info['torch']}, "
@@ -240,20 +240,7 @@ def markdown_section(results: list[dict], info: dict, command: str, settings: di
             if reference:
                 row += f" {r['reference_ms']:.1f} | {r['reference_ratio']:.3f} |"
             lines.append(row)
-    lines.append(END)
     return "\n".join(lines)
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of ``path`` (or append it); other sections stay."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         command = "python benchmarks/train_step.py " + shlex.join(
             sys.argv[1:] if argv is None else argv)
-        write_section(args.out, markdown_section(results, info, command.strip(), settings))
+        write_section(args.out, SECTION, markdown_section(results, info, command.strip(),
+                                                          settings))
     return 0
 
 
