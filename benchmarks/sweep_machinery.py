@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
                    help="search seeds of the sampler comparison (default 0 1)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="keep the MLflow store and studies here (default: a temporary folder)")
     p.add_argument("--results", type=Path, default=ROOT / "docs" / "sweep_machinery.json",
                    help="JSON of the measured results; with --only the other parts are kept "
                         "from it")
@@ -160,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.only and args.results.exists():
         results = json.loads(args.results.read_text())
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = args.workdir.resolve() if args.workdir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         os.chdir(work)
         if args.only is None or "overhead" in args.only:
             results["overhead"] = overhead(work, 3 if args.quick else 8)
