@@ -179,7 +179,10 @@ def main(argv: list[str] | None = None) -> None:
         args.results.write_text(json.dumps(results, indent=1) + "\n")
     lines = ["## Sweep machinery (Ray Tune + Optuna + MLflow on sqlite)", "",
              machine_line(), "",
-             f"Reproduce: `{command_line('benchmarks/sweep_machinery.py', argv)}`", ""]
+             "Reproduce: `python benchmarks/sweep_machinery.py --out docs/benchmarks.md` (all "
+             "parts; `--only overhead parallel samplers` runs some of them and keeps the others' "
+             "results from `docs/sweep_machinery.json`). Last run: "
+             f"`{command_line('benchmarks/sweep_machinery.py', argv)}`.", ""]
     if "overhead" in results:
         o = results["overhead"]
         lines += [f"- **Overhead per trial** ({o['trials']} no-op trials: MLP on digits, one "
