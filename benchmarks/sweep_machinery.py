@@ -91,8 +91,8 @@ def overhead(workdir: Path, n: int) -> dict:
 
 PARALLEL_CASES = {
     "short": ("LeNet-5, digits, 3 epochs", "lenet5", "digits", "epochs: 3, batch_size: 64"),
-    "training-bound": ("LeNet-5, Fashion-MNIST, 12,000 images, 2 epochs", "lenet5",
-                       "fashion_mnist", "epochs: 2, batch_size: 128, limit: 12000"),
+    "training-bound": ("LeNet-5, Fashion-MNIST, 6,000 images, 2 epochs", "lenet5",
+                       "fashion_mnist", "epochs: 2, batch_size: 128, limit: 6000"),
 }
 
 
