@@ -24,6 +24,15 @@ def _bits_and_grads(prior: FactorizedPrior, fn, base: torch.Tensor):
     return bits.detach(), x.grad, [p.grad for p in prior.parameters()]
 
 
+def _assert_float64_match(new, ref) -> None:
+    """Bits, latent gradient and prior gradients agree to float64 rounding."""
+    (b_new, gx_new, gp_new), (b_ref, gx_ref, gp_ref) = new, ref
+    torch.testing.assert_close(b_new, b_ref, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(gx_new, gx_ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(gp_new, gp_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def _random_prior(channels: int, filters: tuple[int, ...], dtype: torch.dtype) -> FactorizedPrior:
     prior = FactorizedPrior(channels, filters).to(dtype)
     with torch.no_grad():
@@ -41,10 +50,7 @@ def test_fused_bits_match_the_reference_in_float64(filters, channels, n, scale):
     base = torch.randn(n, channels, dtype=torch.float64) * scale  # (rows, channels), as latents
     b_ref, gx_ref, gp_ref = _bits_and_grads(prior, _reference, base)
     b_new, gx_new, gp_new = _bits_and_grads(prior, FactorizedPrior.bits, base)
-    torch.testing.assert_close(b_new, b_ref, rtol=1e-12, atol=1e-9)
-    torch.testing.assert_close(gx_new, gx_ref, rtol=1e-10, atol=1e-12)
-    for a, b in zip(gp_new, gp_ref, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    _assert_float64_match((b_new, gx_new, gp_new), (b_ref, gx_ref, gp_ref))
 
 
 def test_fused_bits_float32_floor_and_no_grad():
@@ -92,10 +98,7 @@ def test_fused_bits_agree_with_one_or_several_torch_threads(threads):
         b_new, gx_new, gp_new = _bits_and_grads(prior, FactorizedPrior.bits, base)
     finally:
         torch.set_num_threads(old)
-    torch.testing.assert_close(b_new, b_ref, rtol=1e-12, atol=1e-9)
-    torch.testing.assert_close(gx_new, gx_ref, rtol=1e-10, atol=1e-12)
-    for a, b in zip(gp_new, gp_ref, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    _assert_float64_match((b_new, gx_new, gp_new), (b_ref, gx_ref, gp_ref))
 
 
 def test_model_penalties_match_the_per_layer_formulas():
