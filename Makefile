@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,14 +17,21 @@ $(STAMP): pyproject.toml $(BIN)/python
 
 install: $(STAMP)
 
+# Debian packages (Fashion-MNIST, Chromium, PostgreSQL) when apt is there; says what it could
+# not install. Shared with .ci/run.
+deps:
+	bash scripts/system-deps.sh test
+
 # The main job on the embedded default: the demo sweep into ./mlflow.db, its front, then the
 # dashboard on it at http://127.0.0.1:8050/ (Ctrl-C stops it).
 demo: $(STAMP)
+	bash scripts/system-deps.sh demo
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/lilnetx sweep search_spaces/demo.yaml
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/lilnetx pareto --experiment demo
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/lilnetx dashboard --experiment demo
 
 test: $(STAMP)
+	bash scripts/system-deps.sh test
 	$(BIN)/ruff check lilnetx explorer dashboards tests benchmarks
 	$(BIN)/python -m pytest -q -ra
 

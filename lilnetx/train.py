@@ -74,10 +74,22 @@ class TrainResult:
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    """``device`` if given, else CUDA when available, else CPU."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``device`` if given, else CUDA when available, else CPU. Raises :class:`ConfigError` for a
+    device torch does not know or a CUDA device this machine does not have (never a silent
+    fallback to the CPU)."""
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N, but got {str(device)[:100]!r}") \
+            from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index is not None and dev.index >= n):
+            raise ConfigError(f"device {device!r} was asked for, but torch sees "
+                              f"{n} CUDA device{'s' if n != 1 else ''} here")
+    return dev
 
 
 def lr_factor(step: int, total: int, warmup: int, lr: float, start: float = 1e-6) -> float:

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 import pytest
 from _dashboard_sweep import EXPERIMENT, get_sweep
+from _require import require
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.sweep]
 
@@ -84,8 +85,8 @@ def server(sweep, tmp_path_factory, subprocess_env):
 
 @pytest.fixture(scope="module")
 def page():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"Debian chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    require(os.path.exists(CHROMIUM),
+            f"Debian chromium is not installed at {CHROMIUM} (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _require import require
 
 from explorer import cli
 
@@ -149,8 +150,8 @@ def test_bad_input_without_json_prints_only_the_error_line(case, capsys):
     ("unknown-model", True), ("negative-lambda-rate", False)])
 def test_bad_input_in_a_subprocess(case, use_script, tmp_path, subprocess_env):
     args, expected = BAD_INPUTS[case]
-    if use_script and not SCRIPT.exists():
-        pytest.skip(f"console script {SCRIPT} is not installed")
+    if use_script:
+        require(SCRIPT.exists(), f"console script {SCRIPT} is not installed")
     cmd = [str(SCRIPT)] if use_script else [sys.executable, "-m", "explorer.cli"]
     proc = subprocess.run([*cmd, "train", *args, "--json"], cwd=tmp_path, env=subprocess_env,
                           capture_output=True, text=True, timeout=300)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _require import require
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -168,8 +169,7 @@ def postgres(root: Path):
     import psycopg2
 
     bindir = pg_bindir()
-    if bindir is None:
-        pytest.skip(PG_REASON)
+    require(bindir is not None, PG_REASON)
     user = None
     if os.geteuid() == 0:
         import pwd
@@ -177,8 +177,8 @@ def postgres(root: Path):
         try:
             pw = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no `postgres` system user to run the "
-                        "temporary PostgreSQL cluster (Debian's `postgresql` package creates it)")
+            require(False, "running as root and there is no `postgres` system user to run the "
+                    "temporary PostgreSQL cluster (Debian's `postgresql` package creates it)")
         user = "postgres"
     base = Path(tempfile.mkdtemp(prefix="lnxpg-", dir="/tmp"))  # short: holds the socket
     admin_pw, lnx_pw = secrets.token_hex(16), secrets.token_hex(16)
@@ -289,10 +289,11 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    pytest.importorskip("psycopg2", reason="psycopg2-binary is needed for PostgreSQL "
-                                           "(MLflow backend store and Optuna storage)")
-    if pg_bindir() is None:
-        pytest.skip(PG_REASON)
+    import importlib.util
+
+    require(importlib.util.find_spec("psycopg2") is not None, "psycopg2-binary is needed for "
+            "PostgreSQL (MLflow backend store and Optuna storage)")
+    require(pg_bindir() is not None, PG_REASON)
     root = tmp_path_factory.mktemp("cluster")
     with postgres(root) as pg, mlflow_server(root, pg.url("mlflow")) as uri, \
             ray_head(root) as address:

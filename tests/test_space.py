@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from _require import require
 
 import lilnetx
 from explorer.cli import main
@@ -371,8 +372,7 @@ def test_cli_sweep_bad_space_starts_nothing(tmp_path: Path):
 def test_console_script_bad_space(tmp_path: Path):
     """The installed `lilnetx` entry point: exit code 2 and one `error:` line."""
     exe = Path(sys.executable).with_name("lilnetx")
-    if not exe.exists():
-        pytest.skip("console script not installed next to this interpreter")
+    require(exe.exists(), "console script not installed next to this interpreter")
     path = write(tmp_path, BAD["unknown-objective"].content)
     proc = subprocess.run([str(exe), "sweep", str(path)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
