@@ -27,7 +27,6 @@ from _report import command_line, machine_line, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 NOOP = """
 name: {name}
@@ -155,9 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     import json
 
-    import ray
+    from explorer.sweep import init_ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    init_ray(None, num_cpus=2)
     results = {}
     if args.only and args.results.exists():
         results = json.loads(args.results.read_text())
@@ -174,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.only is None or "samplers" in args.only:
             results["samplers"] = samplers(work, 4 if args.quick else 24, args.seeds)
             print(results["samplers"], flush=True)
+    import ray
+
     ray.shutdown()
     if not args.quick:
         args.results.write_text(json.dumps(results, indent=1) + "\n")

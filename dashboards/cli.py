@@ -23,7 +23,7 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 1..65535, but got {args.port}")
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    tracking.check_server(uri)
+    tracking.check_store(uri)
     from .app import serve
 
     print(f"LilNetX explorer: http://{args.host}:{args.port}/ (tracking {uri})",

@@ -1,6 +1,7 @@
 """The ``lilnetx`` command line. Heavy packages are imported inside the commands.
 
-Exit codes: 0 success, 2 bad input (one ``error:`` line on stderr), 1 unexpected failure.
+Exit codes: 0 success, 2 bad input (one ``error:`` line on stderr), 1 unexpected failure (and a
+sweep whose trials all failed), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ EXIT_BAD_INPUT = 2
 
 class UsageError(Exception):  # also raised by plugin commands
     """Bad command-line usage (exit code 2)."""
+
+
+class ExitWith(Exception):
+    """A command that ends with its own exit code and one ``error:`` line (no traceback)."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -274,12 +283,20 @@ def cmd_sweep(args: argparse.Namespace) -> dict | None:
     from explorer.space import load_space
 
     space = load_space(args.space)  # validated before anything starts
-    from explorer.sweep import SweepOptions, run_sweep
+    from explorer.sweep import SweepFailed, SweepOptions, run_sweep
 
-    res = run_sweep(space, SweepOptions(
-        tracking_uri=args.tracking_uri, experiment=args.experiment, num_samples=args.num_samples,
-        max_concurrent=args.max_concurrent, address=args.address, resume=args.resume,
-        study_storage=args.study_storage, device=args.device, live=not args.json))
+    try:
+        res = run_sweep(space, SweepOptions(
+            tracking_uri=args.tracking_uri, experiment=args.experiment,
+            num_samples=args.num_samples, max_concurrent=args.max_concurrent,
+            address=args.address, resume=args.resume, study_storage=args.study_storage,
+            device=args.device, live=not args.json))
+    except SweepFailed as e:
+        if args.json:
+            sys.stdout.flush()
+            print(json.dumps({**e.result.as_dict(), "objectives": space.objectives,
+                              "errors": e.errors}, indent=2, sort_keys=True))
+        raise ExitWith(1, str(e)) from None
     out = res.as_dict()
     out["objectives"] = space.objectives
     if args.json:
@@ -324,7 +341,7 @@ def cmd_pareto(args: argparse.Namespace) -> dict | None:
     from lilnetx.errors import ConfigError
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    tracking.check_server(uri)
+    tracking.check_store(uri)
     c = tracking.client(uri)
     filt = f"tags.`{tracking.TAG_ROLE}` = 'sweep'"
     if args.sweep:
@@ -393,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ExitWith as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -41,7 +41,7 @@ def export_run(run_id: str, name: str, alias: str = "champion",
     check_name(name)
     check_alias(alias)
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    tracking.check_server(uri)
+    tracking.check_store(uri)
     c = tracking.client(uri)
     try:
         run = c.get_run(run_id)

@@ -55,20 +55,40 @@ def study_name(sweep: str, method: str) -> str:
     return f"{sweep}.{method}"
 
 
-def make_sampler(space: SearchSpace, method: str):
+class SweepFailed(RuntimeError):
+    """Every trial of the sweep failed (exit code 1); ``result`` holds the counts and
+    ``errors`` the first trials' error messages."""
+
+    def __init__(self, result: SweepResult, errors: list[str]):
+        self.result, self.errors = result, errors
+        first = f"; first error: {errors[0][:200]}" if errors else ""
+        super().__init__(f"all {result.failed} trials of sweep {result.sweep} failed{first}")
+
+
+def sampler_seed(seed: int, trials_so_far: int) -> int:
+    """The sampler's seed for a study that already holds ``trials_so_far`` trials: the space's
+    seed for a new study, a different one derived from it for a resumed study, so a resumed
+    search continues rather than replays the random draws of the first run."""
+    if trials_so_far == 0:
+        return seed
+    return (seed * 1_000_003 + trials_so_far * 7_919) % (2**31 - 1)
+
+
+def make_sampler(space: SearchSpace, method: str, trials_so_far: int = 0):
     import optuna
 
     s = space.methods[method]["sampler"]
+    seed = sampler_seed(space.seed, trials_so_far)
     if s == "tpe":
-        return optuna.samplers.TPESampler(seed=space.seed, multivariate=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     if s == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=space.seed)
+        return optuna.samplers.NSGAIISampler(seed=seed)
     if s == "gp":
-        return optuna.samplers.GPSampler(seed=space.seed)
+        return optuna.samplers.GPSampler(seed=seed)
     if s == "random":
-        return optuna.samplers.RandomSampler(seed=space.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     grid = {k: list(v["choice"]) for k, v in space.searched(method).items()}
-    return optuna.samplers.GridSampler(grid, seed=space.seed)
+    return optuna.samplers.GridSampler(grid, seed=seed)  # skips grid points the study has
 
 
 class DefineByRun:
@@ -183,10 +203,50 @@ def check_ray_address(address: str, timeout: float = 10.0) -> None:
         raise ConfigError(f"Ray cluster at {address!r} is unreachable: {e}") from None
 
 
+def local_ray_on_loopback() -> None:
+    """Make a local Ray node bind and advertise 127.0.0.1 only: without this its GCS, raylet,
+    workers and agents listen on every interface. Ray reads the variable when it is imported,
+    so the already imported constant is set as well."""
+    import sys
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Connect to the cluster at ``address``, or start a local Ray on loopback (``num_cpus``:
+    what it offers, default all cores). Ray's token authentication stays as Ray sets it."""
+    if not address:
+        local_ray_on_loopback()
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=None if address else num_cpus,
+                 include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 configure_logging=True)
+
+
+def _check_on_cluster(space: SearchSpace) -> None:
+    """On a cluster the data lives on the workers: check resources against its nodes, then
+    load the data and build the model in a task on a worker."""
+    import ray
+
+    from . import preflight
+
+    preflight.check_resources(space, *preflight.cluster_resources(), "the Ray cluster")
+    task = ray.remote(num_cpus=0)(preflight.check_data_and_model)
+    ray.get(task.remote(space))
+
+
 def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepResult:
-    """Run (or resume) the sweep of ``space``; returns the front from MLflow's finished runs."""
-    import optuna
-    from optuna.trial import TrialState
+    """Run (or resume) the sweep of ``space``; returns the front from MLflow's finished runs.
+
+    Raises :class:`ConfigError` before anything starts when the space cannot work here (see
+    :mod:`explorer.preflight`), :class:`SweepFailed` when every trial failed, and
+    ``KeyboardInterrupt`` after settling the runs (parent and running trials KILLED)."""
+    from . import preflight
 
     start = time.time()
     # With a tracking server MLflow prints "View run ... at: URL" on stdout whenever a run ends;
@@ -200,6 +260,11 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepResult:
     if opts.address:
         check_ray_address(opts.address)
     experiment = opts.experiment or space.name
+    preflight.check_storage(uri, experiment)
+    preflight.check_space(space, cluster=bool(opts.address))
+    if opts.address:
+        init_ray(opts.address)
+        _check_on_cluster(space)
     max_concurrent = opts.max_concurrent or space.max_concurrent
     exp_id = tracking.ensure_experiment(uri, experiment)
     c = tracking.client(uri)
@@ -224,26 +289,13 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepResult:
         c.update_run(parent.info.run_id, status="RUNNING")
     parent_id = parent.info.run_id
     storage = study_storage(opts, uri)
-    directions = ["maximize" if d == "max" else "minimize" for d in space.objectives.values()]
-    studies = {}
-    for method, entry in space.methods.items():
-        name = study_name(sweep, method)
-        studies[method] = name
-        sampler = make_sampler(space, method)
-        study = optuna.create_study(study_name=name, storage=storage, directions=directions,
-                                    sampler=sampler, load_if_exists=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([search_metric(o) for o in space.objectives])
-        if opts.resume:
-            _reconcile(study, uri, exp_id, sweep, space.objectives, method)
-        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        remaining = (opts.num_samples or entry["num_samples"]) - done
-        if remaining > 0:
-            _run_tune(space, method, opts, uri, exp_id, sweep, parent_id, storage, sampler,
-                      remaining, max_concurrent)
-        # A trial whose tell was lost (driver interrupted) is settled from MLflow.
-        _reconcile(study, uri, exp_id, sweep, space.objectives, method)
+    studies = {m: study_name(sweep, m) for m in space.methods}
+    try:
+        _run_studies(space, opts, uri, exp_id, sweep, parent_id, storage, max_concurrent)
+    except BaseException as e:
+        interrupted = isinstance(e, KeyboardInterrupt)
+        _settle_after_stop(space, uri, exp_id, sweep, parent_id, storage, interrupted)
+        raise
     result = fronts(uri, exp_id, sweep, space.objectives)
     metrics = {"front_size": len(result["front"]), "hypervolume": result["hypervolume"]}
     for m, f in result["methods"].items():
@@ -253,16 +305,67 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepResult:
     failed = len(tracking.child_runs(uri, exp_id, sweep, status="FAILED"))
     metrics.update({"finished_trials": finished, "failed_trials": failed})
     tracking.log_metrics(uri, parent_id, metrics)
+    out = SweepResult(sweep=sweep, experiment=experiment, experiment_id=exp_id,
+                      parent_run_id=parent_id, finished=finished, failed=failed,
+                      front=result["front"], hypervolume=result["hypervolume"],
+                      fronts=result["methods"], studies=studies, seconds=time.time() - start)
+    if finished == 0 and failed > 0:
+        errors = [r.data.tags.get(tracking.TAG_ERROR, "")
+                  for r in tracking.child_runs(uri, exp_id, sweep, status="FAILED")]
+        c.set_terminated(parent_id, "FAILED")
+        raise SweepFailed(out, [e for e in errors if e][:3])
     c.set_terminated(parent_id, "FINISHED")
-    return SweepResult(sweep=sweep, experiment=experiment, experiment_id=exp_id,
-                       parent_run_id=parent_id, finished=finished, failed=failed,
-                       front=result["front"], hypervolume=result["hypervolume"],
-                       fronts=result["methods"], studies=studies, seconds=time.time() - start)
+    return out
+
+
+def _run_studies(space, opts, uri, exp_id, sweep, parent_id, storage, max_concurrent) -> None:
+    """One Optuna study per method, continued where it stands; Tune runs the missing trials."""
+    import optuna
+    from optuna.trial import TrialState
+
+    directions = ["maximize" if d == "max" else "minimize" for d in space.objectives.values()]
+    for method, entry in space.methods.items():
+        name = study_name(sweep, method)
+        study = optuna.create_study(study_name=name, storage=storage, directions=directions,
+                                    load_if_exists=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([search_metric(o) for o in space.objectives])
+        if opts.resume:
+            _reconcile(study, uri, exp_id, sweep, space.objectives, method)
+        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        remaining = (opts.num_samples or entry["num_samples"]) - done
+        if remaining > 0:
+            sampler = make_sampler(space, method, len(study.get_trials(deepcopy=False)))
+            _run_tune(space, method, opts, uri, exp_id, sweep, parent_id, storage, sampler,
+                      remaining, max_concurrent)
+        # A trial whose tell was lost (driver interrupted) is settled from MLflow.
+        _reconcile(study, uri, exp_id, sweep, space.objectives, method)
+
+
+def _settle_after_stop(space, uri, exp_id, sweep, parent_id, storage, interrupted) -> None:
+    """The driver is stopping early (Ctrl-C or an error): stop Ray's trials, settle the study
+    trials and child runs left running (as a ``--resume`` would), and end the parent run
+    KILLED (interrupted) or FAILED. Best effort: the original exception is what propagates."""
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    with contextlib.suppress(Exception):
+        import optuna
+
+        for method in space.methods:
+            study = optuna.load_study(study_name=study_name(sweep, method), storage=storage)
+            _reconcile(study, uri, exp_id, sweep, space.objectives, method)
+    with contextlib.suppress(Exception):
+        tracking.client(uri).set_terminated(parent_id, "KILLED" if interrupted else "FAILED")
 
 
 def _run_tune(space, method, opts, uri, exp_id, sweep, parent_id, storage, sampler, remaining,
               max_concurrent) -> None:
-    import ray
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -278,10 +381,10 @@ def _run_tune(space, method, opts, uri, exp_id, sweep, parent_id, storage, sampl
         "cpus_per_trial": space.cpus_per_trial, "device": opts.device or space.train.get("device"),
         "gate_dir": os.path.join("/tmp", f"lilnetx-gate-{os.getuid()}"),
     }
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR", configure_logging=True)
+    init_ray(opts.address)
+    # Ctrl-C raises KeyboardInterrupt at once (Tune's own handler would end fit() normally, and
+    # the sweep would look finished); run_sweep then settles the runs.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     searcher = OptunaSearch(DefineByRun(space.searched(method)),
                             metric=[search_metric(o) for o in space.objectives],
                             mode=list(space.objectives.values()), sampler=sampler,

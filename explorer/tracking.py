@@ -65,6 +65,25 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
         raise ConfigError(f"tracking server {uri} is unreachable: {e}") from None
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URI (``None`` for other stores)."""
+    if uri.startswith("sqlite:///") and len(uri) > len("sqlite:///"):
+        return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    return None
+
+
+def check_store(uri: str) -> None:
+    """For commands that only read (pareto, export, dashboard): the store must exist. A missing
+    sqlite file raises :class:`ConfigError` instead of MLflow creating an empty database (and
+    its folders) at a mistyped path; a server must answer."""
+    check_server(uri)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise ConfigError(f"no tracking database at {str(db)[:200]}: run `lilnetx sweep` first, "
+                          "or pass --tracking-uri (or set MLFLOW_TRACKING_URI) to an existing "
+                          "store")
+
+
 def client(uri: str):
     from mlflow.tracking import MlflowClient
 

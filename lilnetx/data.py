@@ -252,8 +252,12 @@ def _locate_idx(name: str, data_root: str | None, download: bool) -> dict[str, P
     try:
         return _idx_in_root(name, cache, download=True)
     except DataError as e:
+        reason = " ".join(str(e).split())
         raise DataError(f"cannot find fashion_mnist; tried (1) data_root: not given, (2) "
-                        f"{DEBIAN_FASHION_MNIST}: missing, (3) {cache}: {e}") from None
+                        f"{DEBIAN_FASHION_MNIST}: missing, (3) a download into {cache}: "
+                        f"{reason[:120]}. To get it: apt-get install dataset-fashion-mnist "
+                        f"(Debian; `make deps` does it), or set data_root to a folder with the "
+                        f"four idx files") from None
 
 
 def _load_idx_set(files: dict[str, Path], name: str) -> tuple[np.ndarray, ...]:

@@ -59,10 +59,9 @@ def get_sweep(root: Path) -> Sweep:
 
     from explorer import tracking
     from explorer.space import load_space
-    from explorer.sweep import SweepOptions, run_sweep
+    from explorer.sweep import SweepFailed, SweepOptions, init_ray, run_sweep
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     cwd = os.getcwd()
@@ -71,11 +70,15 @@ def get_sweep(root: Path) -> Sweep:
     os.chdir(root)  # Ray's results and the gate directory stay in the temporary folder
     try:
         if started:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR")
+            init_ray(None, num_cpus=2)
         opts = SweepOptions(tracking_uri=uri, experiment=EXPERIMENT, live=False)
         ok = run_sweep(load_space(_write(root / "ok.yaml", "ok", 4, "tpe", LAMBDAS)), opts)
-        bad = run_sweep(load_space(_write(root / "bad.yaml", "bad", 1, "grid", DIVERGES)), opts)
+        try:  # its only trial diverges: the sweep fails as a whole
+            bad = run_sweep(load_space(_write(root / "bad.yaml", "bad", 1, "grid", DIVERGES)),
+                            opts)
+            raise AssertionError("a sweep whose every trial failed must raise SweepFailed")
+        except SweepFailed as e:
+            bad = e.result
     finally:
         if started:
             ray.shutdown()

@@ -36,10 +36,9 @@ def write_space(path, name, n=4, k=2, sampler="tpe", cpus=1, params=LAMBDAS):
 def ray_session():
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR")
+    from explorer.sweep import init_ray
+
+    init_ray(None, num_cpus=2)
     yield
     ray.shutdown()
 
@@ -172,7 +171,7 @@ def test_kill_driver_then_resume(tmp_path):
     space = write_space(tmp_path / "k.yaml", "killme", n=4, k=1)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [sys.executable, "-m", "explorer.cli", "sweep", space, "--tracking-uri", uri, "--json"]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -259,3 +258,164 @@ def test_several_methods_one_front_each(tmp_path, monkeypatch, ray_session, caps
     # a dense fp32 file is the largest; imp stores 8-bit nonzeros
     size = {m: min(r.data.metrics["size_bytes"] for r in rs) for m, rs in by_method.items()}
     assert size["dense"] > size["imp"] and size["dense"] > size["quant"]
+
+
+def test_sweep_whose_trials_all_fail_exits_1(tmp_path, monkeypatch, ray_session, capsys):
+    """Every trial diverges: exit code 1, one `error:` line with the count and the first error,
+    the JSON summary on stdout, and the parent run FAILED (not FINISHED)."""
+    from explorer import tracking
+    from explorer.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    params = "  lr: {choice: [1.0e+30]}\n  lambda_rate: 1.0e-4"
+    path = write_space(tmp_path / "allfail.yaml", "allfail", n=2, k=1, sampler="random",
+                       params=params)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    capsys.readouterr()
+    code = main(["sweep", path, "--tracking-uri", uri, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 1, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: all 2 trials of sweep allfail-") and "loss is" in line, line
+    doc = json.loads(out)
+    assert doc["finished"] == 0 and doc["failed"] == 2 and doc["errors"]
+    c = tracking.client(uri)
+    parent = c.get_run(doc["parent_run_id"])
+    assert parent.info.status == "FAILED"
+
+
+def _descendants(pid: int) -> set[int]:
+    """``pid`` and every process below it, from /proc."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        if p not in out:
+            out.add(p)
+            todo.extend(children.get(p, []))
+    return out
+
+
+def _listening(pids: set[int]) -> list[tuple[str, str, int]]:
+    """(process name, local address, port) of every listening TCP socket and bound UDP socket
+    of ``pids``, read from /proc/net (no ss or psutil needed)."""
+    import ipaddress
+
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes[link[8:-1]] = pid
+        except OSError:
+            continue
+    found = []
+    for table, listen_state in (("tcp", "0A"), ("tcp6", "0A"), ("udp", "07"), ("udp6", "07")):
+        try:
+            with open(f"/proc/net/{table}") as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            local, state, inode = cols[1], cols[3], cols[9]
+            if state != listen_state or inode not in inodes:
+                continue
+            hexip, hexport = local.split(":")
+            raw = bytes.fromhex(hexip)
+            if len(raw) == 4:
+                ip = ipaddress.IPv4Address(raw[::-1])
+            else:  # four little-endian 32-bit words
+                ip = ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+            try:
+                name = open(f"/proc/{inodes[inode]}/comm").read().strip()
+            except OSError:
+                name = "?"
+            found.append((name, str(ip), int(hexport, 16)))
+    return found
+
+
+def _loopback(addr: str) -> bool:
+    import ipaddress
+
+    ip = ipaddress.ip_address(addr)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def test_ctrl_c_then_resume_on_loopback(tmp_path):
+    """A local sweep in a subprocess, as a user runs it:
+    - while it runs, every listening socket of its processes (driver, GCS, raylet, workers,
+      agents) is on a loopback address;
+    - Ctrl-C (SIGINT to its process group, as a terminal sends it) exits 130 with the parent
+      run KILLED and no trial run left RUNNING;
+    - ``--resume`` finishes the sweep without evaluating any configuration twice: the resumed
+      sampler continues the study instead of replaying its seed."""
+    import optuna
+
+    from explorer import tracking
+    from explorer.sweep import SweepOptions, study_storage
+
+    space = write_space(tmp_path / "int.yaml", "intr", n=4, k=1, sampler="random")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "explorer.cli", "sweep", space, "--tracking-uri", uri, "--json"]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    for k in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
+        env.pop(k, None)
+    log = open(tmp_path / "sweep.log", "w")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log,
+                            start_new_session=True)
+    sockets: set[tuple[str, str, int]] = set()
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and len(_finished(uri, "intr")) < 1:
+            assert proc.poll() is None, "sweep ended before it could be interrupted"
+            sockets |= set(_listening(_descendants(proc.pid)))
+            time.sleep(0.5)
+        assert len(_finished(uri, "intr")) >= 1
+        sockets |= set(_listening(_descendants(proc.pid)))
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    names = {name for name, _, _ in sockets}
+    assert {"gcs_server", "raylet"} <= names, sockets  # Ray's own servers were seen
+    exposed = sorted(s for s in sockets if not _loopback(s[1]))
+    assert not exposed, f"listening beyond loopback: {exposed}"
+    stderr = (tmp_path / "sweep.log").read_text()
+    assert code == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "error: interrupted"
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name("intr")
+    parent = c.search_runs([exp.experiment_id], filter_string="tags.`lilnetx.role` = 'sweep'")[0]
+    assert parent.info.status == "KILLED"
+    assert "RUNNING" not in {r.info.status for r in trial_runs(uri, "intr")}
+    first = len(_finished(uri, "intr"))
+    assert first < 4
+
+    out = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600, start_new_session=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout)
+    assert res["finished"] == 4
+    assert c.get_run(parent.info.run_id).info.status == "FINISHED"
+    study = optuna.load_study(study_name=res["studies"]["lilnetx"],
+                              storage=study_storage(SweepOptions(), uri))
+    configs = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(configs) == len(set(configs)), f"a configuration was evaluated twice: {configs}"
+    finished = [tuple(sorted((k, r.data.params[k]) for k in ("lambda_rate", "lambda_sparsity")))
+                for r in _finished(uri, "intr")]
+    assert len(finished) == 4 and len(set(finished)) == 4

@@ -1,0 +1,160 @@
+"""explorer.preflight and the read-only stores: a sweep that cannot work fails before anything
+starts (no Ray, no MLflow database, no parent run) with exit code 2 and one ``error:`` line
+naming the field; ``pareto``, ``export`` and ``dashboard`` never create a store."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from explorer.cli import main
+
+BASE = """
+name: pre
+model: {model}
+dataset: {dataset}
+train: {{epochs: 1, batch_size: 64, seed: 0}}
+objectives: {{accuracy: max, size_bytes: min}}
+search: {{sampler: random, num_samples: 2, max_concurrent: 1, cpus_per_trial: {cpus},
+          gpus_per_trial: {gpus}}}
+params:
+  lambda_rate: {{loguniform: [1.0e-3, 1.0]}}
+{extra}
+"""
+
+
+def space(tmp_path: Path, model="lenet5", dataset="digits", cpus=1, gpus=0, extra="") -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(BASE.format(model=model, dataset=dataset, cpus=cpus, gpus=gpus, extra=extra))
+    return str(path)
+
+
+def sweep_fails(tmp_path, capsys, space_path, *, uri=None) -> str:
+    """Run ``lilnetx sweep``; it must exit 2 within seconds with one ``error:`` line, having
+    started nothing: no tracking database, no Ray results."""
+    uri = uri or f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"
+    t0 = time.time()
+    code = main(["sweep", space_path, "--tracking-uri", uri, "--json"])
+    elapsed = time.time() - t0
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert len(lines[0]) < 600, lines[0]
+    assert elapsed < 60, f"took {elapsed:.1f} s"
+    assert not (tmp_path / "db" / "mlflow.db").exists(), "the database was created"
+    assert not (tmp_path / ".lilnetx").exists(), "Ray Tune started"
+    return lines[0]
+
+
+@pytest.fixture(autouse=True)
+def _cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def test_missing_data_root(tmp_path, capsys):
+    path = space(tmp_path, dataset="fashion_mnist", extra=f"data_root: {tmp_path / 'nowhere'}")
+    line = sweep_fails(tmp_path, capsys, path)
+    assert line.startswith("error: data_root: ") and "nowhere" in line
+
+
+def test_missing_image_folder(tmp_path, capsys):
+    line = sweep_fails(tmp_path, capsys, space(tmp_path, dataset=f"imagefolder:{tmp_path}/no"))
+    assert line.startswith("error: dataset: ") and "does not exist" in line
+
+
+def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, capsys, monkeypatch):
+    """What `make demo` prints on a machine without Debian's data set and without internet."""
+    from lilnetx import data
+
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr(data, "CACHE_ROOT", str(tmp_path / "cache"))
+
+    def no_download(*a, **k):
+        raise data.DataError("download is not possible here")
+
+    monkeypatch.setattr(data, "_idx_in_root", no_download)
+    line = sweep_fails(tmp_path, capsys, space(tmp_path, dataset="fashion_mnist"))
+    assert line.startswith("error: dataset: cannot find fashion_mnist")
+    assert "apt-get install dataset-fashion-mnist" in line
+
+
+def test_model_that_cannot_run_on_the_data(tmp_path, capsys):
+    line = sweep_fails(tmp_path, capsys, space(tmp_path, model="tv:alexnet"))
+    assert line.startswith("error: model: tv:alexnet cannot run on digits inputs (1x8x8")
+
+
+def test_width_that_load_would_refuse(tmp_path, capsys):
+    line = sweep_fails(tmp_path, capsys, space(tmp_path, model="resnet20",
+                                               extra="  width: {choice: [1, 64]}"))
+    assert line.startswith("error: params.width: resnet20 at width 64 cannot be stored")
+
+
+def test_more_cpus_per_trial_than_the_machine_has(tmp_path, capsys):
+    from explorer.preflight import local_resources
+
+    cpus, _ = local_resources()
+    line = sweep_fails(tmp_path, capsys, space(tmp_path, cpus=int(cpus) + 1))
+    assert line.startswith("error: search.cpus_per_trial: ")
+
+
+def test_more_gpus_per_trial_than_the_machine_has(tmp_path, capsys):
+    from explorer.preflight import local_resources
+
+    _, gpus = local_resources()
+    line = sweep_fails(tmp_path, capsys, space(tmp_path, gpus=int(gpus) + 1))
+    assert line.startswith("error: search.gpus_per_trial: ")
+
+
+@pytest.mark.parametrize("val", ["0", "{uniform: [0.0, 0.2]}"])
+def test_no_validation_split_with_an_accuracy_objective(tmp_path, capsys, val):
+    line = sweep_fails(tmp_path, capsys, space(tmp_path, extra=f"  val_fraction: {val}"))
+    assert line.startswith("error: params.val_fraction: ")
+
+
+def test_tracking_database_folder_not_writable(tmp_path, capsys):
+    (tmp_path / "afile").write_text("not a folder")
+    line = sweep_fails(tmp_path, capsys, space(tmp_path),
+                       uri=f"sqlite:///{tmp_path / 'afile' / 'mlflow.db'}")
+    assert "not writable" in line and "afile" in line
+
+
+def test_artifact_location_not_writable(tmp_path, capsys):
+    """An existing experiment whose artifact location cannot be written: exit 2 before the
+    parent run is created (no run left RUNNING)."""
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "afile").write_text("not a folder")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(tracking_uri=uri)
+    exp = c.create_experiment("pre", artifact_location=(tmp_path / "afile" / "a").as_uri())
+    capsys.readouterr()  # MLflow's own log lines while the test created the database
+    t0 = time.time()
+    code = main(["sweep", space(tmp_path), "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert code == 2 and time.time() - t0 < 60
+    assert err.startswith("error: artifact location ") and "not writable" in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert c.search_runs([exp]) == []
+
+
+@pytest.mark.parametrize("command", [["pareto"], ["export", "0123abcd", "--name", "m"],
+                                     ["dashboard", "--port", "8799"]])
+def test_read_only_commands_never_create_a_store(tmp_path, capsys, command):
+    missing = tmp_path / "typo" / "mlflow.db"
+    code = main([*command, "--tracking-uri", f"sqlite:///{missing}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: no tracking database at ") and "typo" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "typo").exists()
+
+
+def test_default_store_missing_is_named(tmp_path, capsys):
+    assert main(["pareto"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "mlflow.db") in err
+    assert not (tmp_path / "mlflow.db").exists()
