@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
-import yaml
 
 from lilnetx.errors import ConfigError
 
 from .pareto import search_metric
+from .safe_yaml import clip, load_file, show
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 OBJECTIVES = ("accuracy", "val_accuracy", "size_bytes", "compression_ratio", "bits_estimate",
@@ -134,7 +134,7 @@ class SearchSpace:
 
 def _path(error: jsonschema.ValidationError) -> str:
     parts = [str(p) for p in error.absolute_path]
-    return ".".join(parts) if parts else "(top level)"
+    return clip(".".join(parts)) if parts else "(top level)"
 
 
 def _schema_message(e: jsonschema.ValidationError) -> str:
@@ -142,18 +142,35 @@ def _schema_message(e: jsonschema.ValidationError) -> str:
     if v in ("minProperties", "maxProperties") and list(e.absolute_path) == ["objectives"]:
         return (f"needs 2 or 3 objectives, but got {len(e.instance)}; allowed metrics: "
                 f"{', '.join(OBJECTIVES)}")
+    if v == "anyOf":
+        return (f"{show(e.instance)} is neither a number nor a distribution "
+                "({uniform|loguniform|int: [lo, hi]} or {choice: [...]})")
+    message = _clip_message(e)
     if v == "additionalProperties" and e.path:
         allowed = ", ".join(e.schema.get("properties", {}))
-        return f"{e.message}; allowed keys: {allowed}" if allowed else e.message
+        return f"{message}; allowed keys: {allowed}" if allowed else message
     if v == "additionalProperties":
-        return f"{e.message}; allowed keys: {', '.join(SCHEMA['properties'])}"
+        return f"{message}; allowed keys: {', '.join(SCHEMA['properties'])}"
     if v == "propertyNames":
         allowed = e.schema.get("enum") if isinstance(e.schema, dict) else None
-        return f"{e.message}; allowed: {', '.join(allowed)}" if allowed else e.message
-    if v == "anyOf":
-        return (f"{e.instance!r} is neither a number nor a distribution "
-                "({uniform|loguniform|int: [lo, hi]} or {choice: [...]})")
-    return e.message
+        return f"{message}; allowed: {', '.join(allowed)}" if allowed else message
+    return message
+
+
+def _clip_message(e: jsonschema.ValidationError) -> str:
+    """jsonschema's message, with no value from the file quoted longer than ~100 characters."""
+    message = e.message
+    if len(message) <= 120:
+        return message
+    if e.validator == "additionalProperties" and isinstance(e.instance, dict):
+        extra = sorted((k for k in e.instance if k not in e.schema.get("properties", {})), key=str)
+        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        return (f"Additional properties are not allowed ({', '.join(show(k, 40) for k in extra[:3])}"
+                f"{more} {'was' if len(extra) == 1 else 'were'} unexpected)")
+    quoted = repr(e.instance)
+    if len(quoted) > 100:
+        message = message.replace(quoted, show(e.instance))
+    return clip(message, 200)
 
 
 def validate(doc: Any, *, source: str = "") -> SearchSpace:
@@ -177,23 +194,23 @@ def validate(doc: Any, *, source: str = "") -> SearchSpace:
         from torchvision import models as tvm
 
         if model[3:] not in tvm.list_models(module=tvm):
-            raise ConfigError(f"model: unknown torchvision classifier {model!r}; allowed: "
+            raise ConfigError(f"model: unknown torchvision classifier {show(model)}; allowed: "
                               "tv:NAME with NAME from torchvision.models.list_models(), "
                               "e.g. tv:resnet18")
     elif model not in model_names():
-        raise ConfigError(f"model: unknown model {model!r}; allowed: "
+        raise ConfigError(f"model: unknown model {show(model)}; allowed: "
                           f"{', '.join(model_names())}, tv:NAME")
     dataset = doc["dataset"]
     names = [n for n in dataset_names() if not n.startswith("imagefolder")]
     if dataset not in names and not (dataset.startswith("imagefolder:") and dataset[12:].strip()):
-        raise ConfigError(f"dataset: unknown dataset {dataset!r}; allowed: "
+        raise ConfigError(f"dataset: unknown dataset {show(dataset)}; allowed: "
                           f"{', '.join(names)}, imagefolder:PATH (a non-empty path)")
     seen: dict[str, str] = {}
     for o in doc["objectives"]:
         m = search_metric(o)
         if m in seen:
-            raise ConfigError(f"objectives: {seen[m]!r} and {o!r} are both searched on {m!r}; "
-                              "keep one of them")
+            raise ConfigError(f"objectives: {show(seen[m])} and {show(o)} are both searched on "
+                              f"{show(m)}; keep one of them")
         seen[m] = o
     if "methods" in doc and "method" in doc:
         raise ConfigError("method: give either `method` (one method) or `methods` (several), "
@@ -222,8 +239,8 @@ def validate(doc: Any, *, source: str = "") -> SearchSpace:
                  and k not in METHOD_KEYS[m]]
         if extra:
             where = f"methods.{m}.params" if "methods" in doc else "params"
-            raise ConfigError(f"{where}.{extra[0]}: method {m!r} takes no {extra[0]!r}; its own "
-                              f"parameters: {', '.join(METHOD_KEYS[m]) or 'none'}")
+            raise ConfigError(f"{where}.{extra[0]}: method {show(m)} takes no {show(extra[0])}; "
+                              f"its own parameters: {', '.join(METHOD_KEYS[m]) or 'none'}")
         if m == "lilnetx" and not params and "methods" not in doc:
             raise ConfigError("params: must be non-empty (at least one parameter to fix or search)")
         msampler = entry.get("sampler", sampler)
@@ -254,29 +271,29 @@ def _check_param(path: str, key: str, spec: Any) -> None:
         if key in STRING_KEYS:
             if v not in STRING_KEYS[key]:
                 raise ConfigError(f"{path}: must be one of {', '.join(STRING_KEYS[key])}, "
-                                  f"but got {v!r}")
+                                  f"but got {show(v)}")
             return
         if in_choice and (isinstance(v, bool) or not isinstance(v, int | float)):
-            raise ConfigError(f"{path}: choice values must be finite numbers, but got {v!r}")
+            raise ConfigError(f"{path}: choice values must be finite numbers, but got {show(v)}")
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise ConfigError(f"{path}: must be a number or a distribution ({{uniform|loguniform|"
-                              f"int: [lo, hi]}} or {{choice: [...]}}), but got {v!r}")
+                              f"int: [lo, hi]}} or {{choice: [...]}}), but got {show(v)}")
         if not math.isfinite(v):
-            raise ConfigError(f"{path}: must be a finite number, but got {v!r}")
+            raise ConfigError(f"{path}: must be a finite number, but got {show(v)}")
         if key in INT_KEYS and not float(v).is_integer():
-            raise ConfigError(f"{path}: must be an integer, but got {v!r}")
+            raise ConfigError(f"{path}: must be an integer, but got {show(v)}")
         if key in ("epochs", "batch_size", "limit", "lr", "width") and v <= 0:
-            raise ConfigError(f"{path}: must be positive, but got {v!r}")
+            raise ConfigError(f"{path}: must be positive, but got {show(v)}")
         if v < 0:
-            raise ConfigError(f"{path}: must be non-negative, but got {v!r}")
+            raise ConfigError(f"{path}: must be non-negative, but got {show(v)}")
         if key == "val_fraction" and not v < 0.5:
-            raise ConfigError(f"{path}: must be in [0, 0.5), but got {v!r}")
+            raise ConfigError(f"{path}: must be in [0, 0.5), but got {show(v)}")
         if key == "target_sparsity" and not v < 1:
-            raise ConfigError(f"{path}: must be in [0, 1), but got {v!r}")
+            raise ConfigError(f"{path}: must be in [0, 1), but got {show(v)}")
         if key == "bits" and not 2 <= v <= 12:
-            raise ConfigError(f"{path}: must be in [2, 12], but got {v!r}")
+            raise ConfigError(f"{path}: must be in [2, 12], but got {show(v)}")
         if key == "phases" and v < 1:
-            raise ConfigError(f"{path}: must be positive, but got {v!r}")
+            raise ConfigError(f"{path}: must be positive, but got {show(v)}")
 
     if not isinstance(spec, dict):
         check_value(spec)
@@ -302,35 +319,15 @@ def _check_param(path: str, key: str, spec: Any) -> None:
     check_value(hi)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects a key given twice in one mapping."""
-
-    def construct_mapping(self, node, deep=False):
-        keys = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in keys:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (given twice)", key_node.start_mark)
-            keys.add(key)
-        return super().construct_mapping(node, deep)
-
-
 def load_space(path: str | os.PathLike) -> SearchSpace:
-    """Read and validate a YAML search space file (``yaml.safe_load``)."""
+    """Read and validate a YAML search space file.
+
+    The file is read and parsed within the limits of :mod:`explorer.safe_yaml` (at most 1 MiB,
+    strict UTF-8, ``yaml.SafeLoader`` without object tags, bounded nesting and alias expansion,
+    scalar keys given once, number literals of at most 100 characters).
+    """
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read search space {path!r}: {e.strerror}") from None
-    try:
-        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # a yaml.SafeLoader: no object tags
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{where}: "
-                          f"{getattr(e, 'problem', None) or e}") from None
+    doc, text = load_file(path, what="search space")
     space = validate(doc, source=path)
     space.source = text
     return space
