@@ -14,8 +14,8 @@ from explorer import tracking
 
 from . import figures
 from .data import (
-    METRICS,
     DashboardDataError,
+    axis_metrics,
     list_experiments,
     load_experiment,
     objectives_of,
@@ -64,7 +64,7 @@ def layout(uri: str, experiment: str | None):
     except DashboardDataError as e:
         names, status = [], str(e)
     exp = experiment if experiment else (names[-1] if names else None)
-    metric_opts = [{"label": figures.LABEL.get(m, m), "value": m} for m in METRICS]
+    metric_opts = [{"label": figures.label(m), "value": m} for m in axis_metrics()]
     return html.Div([
         html.H2("LilNetX tradeoff explorer", style={"margin": "6px 0"}),
         html.Div([

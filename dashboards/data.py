@@ -14,13 +14,20 @@ from dataclasses import dataclass, field
 from explorer import tracking
 from explorer.pareto import search_metric
 
-METRICS = ("accuracy", "size_bytes", "compression_ratio", "latency_ms", "flops",
-           "slice_sparsity", "val_accuracy", "bits_estimate", "weight_sparsity",
-           "channel_sparsity")
-"""Metrics offered as axes."""
-DIRECTION = {"accuracy": "max", "val_accuracy": "max", "compression_ratio": "max",
-             "slice_sparsity": "max", "weight_sparsity": "max", "channel_sparsity": "max",
-             "size_bytes": "min", "latency_ms": "min", "flops": "min", "bits_estimate": "min"}
+
+def axis_metrics() -> list[str]:
+    """Metrics offered as axes: every objective of :mod:`lilnetx.metrics`'s registry (a metric
+    registered there, by us or a plugin, becomes an axis with its direction and unit)."""
+    from lilnetx.metrics import metric_names
+
+    return metric_names(objectives_only=True)
+
+
+def direction(name: str) -> str:
+    """``max`` or ``min``, from the metric registry (``min`` for a metric it does not know)."""
+    from lilnetx.metrics import METRICS
+
+    return METRICS.get(name).direction if name in METRICS else "min"
 
 
 class DashboardDataError(Exception):

@@ -9,14 +9,21 @@ import plotly.graph_objects as go
 
 from explorer.pareto import hypervolume, nondominated, reference_point
 
-from .data import DIRECTION, RunRecord
+from .data import RunRecord, direction
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-LABEL = {"accuracy": "test accuracy", "val_accuracy": "validation accuracy",
-         "size_bytes": "file size (bytes)", "compression_ratio": "compression ratio",
-         "latency_ms": "latency (ms, batch 1)", "flops": "MACs per sample",
-         "slice_sparsity": "slice sparsity", "bits_estimate": "latent bits",
-         "weight_sparsity": "weight sparsity", "channel_sparsity": "channels removed"}
+
+
+def label(name: str) -> str:
+    """An axis title: the registered metric's label and unit ("file size (bytes)")."""
+    from lilnetx.metrics import METRICS
+
+    if name not in METRICS:
+        return name
+    m = METRICS.get(name)
+    unit = {"fraction": "", "bytes": " (bytes)", "ratio": " (x)", "bits": " (bits)",
+            "macs": "", "ms": " (ms)", "count": ""}.get(m.unit, "")
+    return f"{m.label}{unit}"
 KEY_PARAMS = ("lambda_rate", "lambda_sparsity", "lr", "lambda_l2", "epochs")
 
 
@@ -51,7 +58,7 @@ def _hover(r: RunRecord, metrics: tuple[str, ...]) -> str:
 
 def front_indices(runs: list[RunRecord], metrics: tuple[str, ...]) -> list[int]:
     points = [r.metrics for r in runs]
-    return nondominated(points, {m: DIRECTION.get(m, "min") for m in metrics}, as_searched=False)
+    return nondominated(points, {m: direction(m) for m in metrics}, as_searched=False)
 
 
 def pareto_figure(runs: list[RunRecord], x: str, y: str, *, color: str | None = None,
@@ -114,7 +121,7 @@ def pareto_figure(runs: list[RunRecord], x: str, y: str, *, color: str | None = 
                 order = sorted(on, key=lambda r: r.metrics[x])
                 # the staircase bounds the dominated region: its corners are the worse of two
                 # neighbours in both metrics, reached horizontally first when x is minimized
-                shape = "hv" if DIRECTION.get(x, "min") == "min" else "vh"
+                shape = "hv" if direction(x) == "min" else "vh"
                 fig.add_trace(go.Scatter(
                     x=[r.metrics[x] for r in order], y=[r.metrics[y] for r in order],
                     mode="lines", line={"shape": shape, "color": base, "width": 2},
@@ -130,7 +137,7 @@ def pareto_figure(runs: list[RunRecord], x: str, y: str, *, color: str | None = 
                                              "line": {"width": 3, "color": "#ff7f0e"}}))
     axes = {}
     for key, m in (("xaxis", x), ("yaxis", y)) + ((("zaxis", z),) if z else ()):
-        axes[key] = {"title": LABEL.get(m, m),
+        axes[key] = {"title": label(m),
                      "type": "log" if spans_decades([r.metrics[m] for r in usable]) else "linear"}
     if z:
         fig.update_layout(scene=axes)
@@ -157,7 +164,7 @@ def parallel_figure(runs: list[RunRecord], params: list[str], metrics: list[str]
         else:
             dims.append({"label": p, "values": vals})
     for m in metrics:
-        dims.append({"label": LABEL.get(m, m), "values": [r.metrics[m] for r in done]})
+        dims.append({"label": label(m), "values": [r.metrics[m] for r in done]})
     first = metrics[0]
     fig = go.Figure(go.Parcoords(
         line={"color": [r.metrics[first] for r in done], "colorscale": "Viridis",

@@ -113,7 +113,7 @@ def plot_state(pg) -> dict:
 
 
 def test_explorer_in_chromium(sweep, server, page):
-    from dashboards.figures import LABEL
+    from dashboards.figures import label
     from explorer import tracking
 
     errors: list[str] = []
@@ -138,7 +138,7 @@ def test_explorer_in_chromium(sweep, server, page):
     assert sorted(plotted) == sorted(names)
     assert page.locator("#pareto .scatterlayer .point").count() == 4
     assert page.inner_text("#summary") == "5 runs: 4 finished, 0 running, 1 failed"
-    assert state["xtitle"] == LABEL["size_bytes"]
+    assert state["xtitle"] == label("size_bytes")
 
     # click a point of the front: the details show that run
     k = next(i for i, t in enumerate(state["traces"]) if t["name"].endswith("front points"))
@@ -157,8 +157,8 @@ def test_explorer_in_chromium(sweep, server, page):
     page.click("#x-axis")
     page.click(".dash-dropdown-options [role=option]:has(input[value='latency_ms'])")
     page.wait_for_function(f"() => ({PLOT})().layout.xaxis.title.text === "
-                           f"{json.dumps(LABEL['latency_ms'])}")
-    assert page.inner_text("#x-axis-value") == LABEL["latency_ms"]
+                           f"{json.dumps(label('latency_ms'))}")
+    assert page.inner_text("#x-axis-value") == label("latency_ms")
     assert page.inner_text("#details-title") == title
     page.wait_for_function(f"() => ({PLOT})().data.some(t => t.name === 'selected')")
     ring = next(t for t in plot_state(page)["traces"] if t["name"] == "selected")
@@ -180,9 +180,9 @@ def test_explorer_in_chromium(sweep, server, page):
     assert len(refreshes) > before, "no refresh in 7 s"
     page.wait_for_load_state("networkidle")
     assert page.inner_text("#details-title") == title
-    assert page.inner_text("#x-axis-value") == LABEL["latency_ms"]
+    assert page.inner_text("#x-axis-value") == label("latency_ms")
     state = plot_state(page)
-    assert state["xtitle"] == LABEL["latency_ms"]
+    assert state["xtitle"] == label("latency_ms")
     assert any(t["name"] == "selected" for t in state["traces"])
     assert page.inner_text("#export-uri") == f"models:/{name}@champion"
     assert not errors, errors

@@ -23,9 +23,9 @@ from _dashboard_sweep import EXPERIMENT, get_sweep
 
 from dashboards import figures
 from dashboards.data import (
-    DIRECTION,
     DashboardDataError,
     RunRecord,
+    direction,
     list_experiments,
     load_experiment,
     objectives_of,
@@ -72,9 +72,9 @@ def rec(i: int, method: str = "lilnetx", status: str = "FINISHED", params=None,
 
 
 def brute_front(runs: list[RunRecord], dims) -> set[str]:
-    """Run ids no other run dominates on the displayed metrics ``dims`` (per DIRECTION)."""
+    """Run ids no other run dominates on the displayed metrics ``dims`` (per the metric registry)."""
     def at_least(a, b, m):
-        return a >= b if DIRECTION.get(m, "min") == "max" else a <= b
+        return a >= b if direction(m) == "max" else a <= b
 
     def dominates(q, p):
         return (all(at_least(q.metrics[m], p.metrics[m], m) for m in dims)
@@ -220,7 +220,7 @@ def test_pareto_3d_and_selection_and_missing_metric():
     fig = figures.pareto_figure(runs, "size_bytes", "val_accuracy", z="latency_ms")
     assert fig.data and all(isinstance(t, go.Scatter3d) for t in fig.data)
     assert fig.layout.scene.xaxis.type == "log"
-    assert fig.layout.scene.zaxis.title.text == figures.LABEL["latency_ms"]
+    assert fig.layout.scene.zaxis.title.text == figures.label("latency_ms")
     fig = figures.pareto_figure(runs, "size_bytes", "val_accuracy", selected=runs[3].run_id)
     sel = traces(fig, "selected")
     assert len(sel) == 1 and sel[0].x[0] == runs[3].metrics["size_bytes"]
@@ -255,8 +255,8 @@ def test_parallel_and_breakdown_figures():
     (pc,) = fig.data
     assert isinstance(pc, go.Parcoords)
     labels = [d.label for d in pc.dimensions]
-    assert labels == ["log10 lambda_rate", "lr", figures.LABEL["val_accuracy"],
-                      figures.LABEL["size_bytes"]]
+    assert labels == ["log10 lambda_rate", "lr", figures.label("val_accuracy"),
+                      figures.label("size_bytes")]
     done = [r for r in runs if r.status == "FINISHED"]
     assert list(pc.dimensions[3]["values"]) == [r.metrics["size_bytes"] for r in done]
     assert not figures.parallel_figure(runs[-1:], ["lr"], ["val_accuracy"]).data
