@@ -59,7 +59,10 @@ def _pos_int(name: str) -> Callable[[str], int]:
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser. The method registry (which imports torch) is read only when ``argv`` runs
+    ``train``, so ``lilnetx --help`` and other commands' bad-input errors stay fast."""
+    argv = sys.argv[1:] if argv is None else argv
     p = _Parser(prog="lilnetx", description="The tradeoff explorer for neural-network compression.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
@@ -67,21 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default="lenet5", help="mlp, lenet5, resnet20/32/56, vgg16, tv:NAME")
     t.add_argument("--dataset", default="fashion_mnist",
                    help="digits, fashion_mnist, mnist, cifar10, cifar100, imagefolder:PATH")
-    t.add_argument("--method", default="lilnetx", help="lilnetx, dense, quant, imp")
-    t.add_argument("--bits", type=_pos_int("--bits"), default=None,
-                   help="quant/imp: bits per stored weight (default 8)")
-    t.add_argument("--target-sparsity", type=_nonneg_float("--target-sparsity"), default=0.9,
-                   help="imp: final fraction of pruned weights")
-    t.add_argument("--phases", type=_pos_int("--phases"), default=3, help="imp: prune phases")
-    t.add_argument("--retrain-epochs", type=int, default=1, help="imp: epochs per phase")
-    t.add_argument("--schedule", default="SLR", help="imp retraining: FT, SLR, CLR, LLR")
+    t.add_argument("--method", default="lilnetx", help="see `lilnetx methods` (default lilnetx)")
+    if argv[:1] == ["train"]:
+        _method_flags(t)
     t.add_argument("--init-from", default=None,
                    help="dense/quant/imp: start from this dense .lnx instead of training")
     t.add_argument("--width", type=_nonneg_float("--width"), default=1.0)
     t.add_argument("--epochs", type=_pos_int("--epochs"), default=5)
     t.add_argument("--batch-size", type=_pos_int("--batch-size"), default=256)
     t.add_argument("--lr", type=_nonneg_float("--lr"), default=None,
-                   help="default 1e-2 for lilnetx, 1e-3 for dense, quant and imp")
+                   help="default: the method's own (see `lilnetx methods`)")
     t.add_argument("--prior-lr", type=_nonneg_float("--prior-lr"), default=1e-4)
     t.add_argument("--lambda-rate", type=_nonneg_float("--lambda-rate"), default=1e-4)
     t.add_argument("--lambda-sparsity", type=_nonneg_float("--lambda-sparsity"), default=1e-6)
@@ -150,6 +148,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _method_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per method parameter of the method registry (``--bits``, ``--schedule``...),
+    unset by default so the method's own default applies."""
+    from lilnetx.methods import METHODS, all_params
+
+    owners: dict[str, list[str]] = {}
+    for name, cls in METHODS.items():
+        for p in cls.params:
+            owners.setdefault(p.name, []).append(name)
+    for name, p in all_params().items():
+        kind = str if p.kind is str else _param_type(p)
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", type=kind,
+                            default=None, help=f"{'/'.join(owners[name])}: {p.help} "
+                            f"({p.range_text()}, default {p.default})")
+
+
+def _param_type(p) -> Callable[[str], float]:
+    from lilnetx.errors import ConfigError
+
+    def parse(text: str):
+        try:
+            value = float(text) if p.kind is float else int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{p.name.replace('_', '-')} must be "
+                                             f"{'an integer' if p.kind is int else 'a number'}, "
+                                             f"but got {text[:50]!r}") from None
+        try:
+            return p.check(value)
+        except ConfigError as e:  # out of range
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
 def _plugin_commands(sub) -> None:
     """Commands of packages built on this one (the dashboard), found through the
     ``lilnetx.commands`` entry-point group so that explorer never imports them."""
@@ -203,10 +235,9 @@ def cmd_train(args: argparse.Namespace) -> dict:
         device=args.device)
     if args.onnx and not args.out:
         raise UsageError("--onnx needs --out FILE.lnx")
+    options = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
     spec = RunSpec(model=args.model, dataset=args.dataset, method=args.method, width=args.width,
-                   data_root=args.data_root, limit=args.limit, train=cfg, bits=args.bits,
-                   target_sparsity=args.target_sparsity, phases=args.phases,
-                   retrain_epochs=args.retrain_epochs, schedule=args.schedule,
+                   data_root=args.data_root, limit=args.limit, train=cfg, options=options,
                    init_from=args.init_from).validate()
     prog, cb, state = _progress(not args.json)
     if prog is not None:
@@ -403,7 +434,7 @@ def _print_summary(summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
         result = args.func(args)

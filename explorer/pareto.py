@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-SEARCH_METRIC = {"accuracy": "val_accuracy"}
-"""The metric a searched objective is measured by: accuracy is selected on the validation split
-so that a sweep never selects on the test set (test accuracy is recorded beside it)."""
-
-
 def search_metric(objective: str) -> str:
-    return SEARCH_METRIC.get(objective, objective)
+    """The metric a searched objective is measured by (the metric registry's ``searched_as``):
+    accuracy is selected on the validation split so that a sweep never selects on the test
+    set (test accuracy is recorded beside it)."""
+    from lilnetx.metrics import searched_metric
+
+    return searched_metric(objective)
 
 
 def _losses(points: list[dict], objectives: dict[str, str], as_searched: bool = True) -> np.ndarray:

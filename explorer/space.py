@@ -18,22 +18,41 @@ from lilnetx.errors import ConfigError
 from .pareto import search_metric
 from .safe_yaml import clip, load_file, show
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
-OBJECTIVES = ("accuracy", "val_accuracy", "size_bytes", "compression_ratio", "bits_estimate",
-              "flops", "latency_ms", "weight_sparsity", "slice_sparsity", "channel_sparsity")
-METHODS = ("lilnetx", "dense", "quant", "imp")
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "prior_lr", "lambda_rate", "lambda_sparsity",
               "lambda_l2", "warmup_epochs", "seed")
 """Hyperparameters of :class:`lilnetx.TrainConfig` a space may fix or search."""
 SPEC_KEYS = ("width", "limit", "val_fraction")
 """Hyperparameters of :class:`lilnetx.experiment.RunSpec` a space may fix or search."""
-METHOD_KEYS = {"lilnetx": (), "dense": (), "quant": ("bits",),
-               "imp": ("bits", "target_sparsity", "phases", "retrain_epochs", "schedule")}
-"""Parameters that only some methods take (see ``lilnetx.experiment.RunSpec``)."""
-PARAM_KEYS = TRAIN_KEYS + SPEC_KEYS + ("bits", "target_sparsity", "phases", "retrain_epochs",
-                                       "schedule")
-INT_KEYS = ("epochs", "batch_size", "seed", "limit", "bits", "phases", "retrain_epochs")
-STRING_KEYS = {"schedule": ("FT", "SLR", "CLR", "LLR")}
+_INT_KEYS = ("epochs", "batch_size", "seed", "limit")
+_POSITIVE_KEYS = ("epochs", "batch_size", "limit", "lr", "width")
+
+
+def method_keys() -> dict[str, tuple[str, ...]]:
+    """Per registered method, the parameters only it takes (from its ``params``)."""
+    from lilnetx.methods import method_class, method_names
+
+    return {m: tuple(p.name for p in method_class(m).params) for m in method_names()}
+
+
+def param_keys() -> tuple[str, ...]:
+    """Every key a space may fix or search: training, run, and every method's parameters."""
+    from lilnetx.methods import all_params
+
+    return TRAIN_KEYS + SPEC_KEYS + tuple(all_params())
+
+
+def objective_names() -> list[str]:
+    """Metrics a space may name as objectives (:mod:`lilnetx.metrics`)."""
+    from lilnetx.metrics import metric_names
+
+    return metric_names(objectives_only=True)
+
+
+def sampler_names() -> list[str]:
+    from .samplers import sampler_names as names
+
+    return names()
+
 
 _number = {"type": "number"}
 _dist = {
@@ -46,51 +65,61 @@ _dist = {
                    "items": {"type": ["number", "string", "boolean"]}},
     },
 }
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["model", "dataset", "objectives"],
-    "properties": {
-        "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.\-]{1,64}$"},
-        "description": {"type": "string"},
-        "model": {"type": "string", "minLength": 1},
-        "dataset": {"type": "string", "minLength": 1},
-        "data_root": {"type": ["string", "null"]},
-        "method": {"enum": list(METHODS)},
-        "train": {"type": "object", "additionalProperties": False,
-                  "properties": {k: {"type": ["number", "null"]} for k in PARAM_KEYS}
-                  | {"device": {"type": ["string", "null"]}}},
-        "objectives": {"type": "object", "minProperties": 2, "maxProperties": 3,
-                       "propertyNames": {"enum": list(OBJECTIVES)},
-                       "additionalProperties": {"enum": ["max", "min"]}},
-        "search": {"type": "object", "additionalProperties": False, "properties": {
-            "sampler": {"enum": list(SAMPLERS)},
-            "num_samples": {"type": "integer", "minimum": 1, "maximum": 100000},
-            "max_concurrent": {"type": "integer", "minimum": 1, "maximum": 4096},
-            "cpus_per_trial": {"type": "number", "exclusiveMinimum": 0},
-            "gpus_per_trial": {"type": "number", "minimum": 0},
-            "seed": {"type": "integer"},
-        }},
-        "cluster": {"type": "object", "additionalProperties": False, "properties": {
-            "address": {"type": "string", "minLength": 1},
-            "tracking_uri": {"type": "string", "minLength": 1},
-            "study_storage": {"type": "string", "minLength": 1},
-        }},
-        "params": {"type": "object",
-                   "propertyNames": {"enum": list(PARAM_KEYS)},
-                   "additionalProperties": {"anyOf": [_number, {"type": "string"}, _dist]}},
-        "methods": {"type": "object", "minProperties": 1, "propertyNames": {"enum": list(METHODS)},
-                    "additionalProperties": {
-                        "type": ["object", "null"], "additionalProperties": False,
-                        "properties": {
-                            "num_samples": {"type": "integer", "minimum": 1, "maximum": 100000},
-                            "sampler": {"enum": list(SAMPLERS)},
-                            "params": {"type": "object",
-                                       "propertyNames": {"enum": list(PARAM_KEYS)},
-                                       "additionalProperties": {
-                                           "anyOf": [_number, {"type": "string"}, _dist]}}}}},
-    },
-}
+_factory = {"type": "object", "additionalProperties": False, "required": ["factory"],
+            "properties": {"factory": {"type": "string",
+                                       "pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"},
+                           "args": {"type": "object"}}}
+
+
+def schema() -> dict[str, Any]:
+    """The JSON schema of a search space, built from the registries (methods, metrics,
+    samplers, method parameters), so a plugin's entries are allowed as soon as it is installed."""
+    from lilnetx.methods import method_names
+
+    methods, samplers, keys = method_names(), sampler_names(), list(param_keys())
+    params = {"type": "object", "propertyNames": {"enum": keys},
+              "additionalProperties": {"anyOf": [_number, {"type": "string"}, _dist]}}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["model", "dataset", "objectives"],
+        "properties": {
+            "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.\-]{1,64}$"},
+            "description": {"type": "string"},
+            "model": {"anyOf": [{"type": "string", "minLength": 1}, _factory]},
+            "dataset": {"anyOf": [{"type": "string", "minLength": 1}, _factory]},
+            "data_root": {"type": ["string", "null"]},
+            "method": {"enum": methods},
+            "train": {"type": "object", "additionalProperties": False,
+                      "properties": {k: {"type": ["number", "string", "null"]} for k in keys}
+                      | {"device": {"type": ["string", "null"]}}},
+            "objectives": {"type": "object", "minProperties": 2, "maxProperties": 3,
+                           "propertyNames": {"enum": objective_names()},
+                           "additionalProperties": {"enum": ["max", "min"]}},
+            "search": {"type": "object", "additionalProperties": False, "properties": {
+                "sampler": {"enum": samplers},
+                "num_samples": {"type": "integer", "minimum": 1, "maximum": 100000},
+                "max_concurrent": {"type": "integer", "minimum": 1, "maximum": 4096},
+                "cpus_per_trial": {"type": "number", "exclusiveMinimum": 0},
+                "gpus_per_trial": {"type": "number", "minimum": 0},
+                "seed": {"type": "integer"},
+            }},
+            "cluster": {"type": "object", "additionalProperties": False, "properties": {
+                "address": {"type": "string", "minLength": 1},
+                "tracking_uri": {"type": "string", "minLength": 1},
+                "study_storage": {"type": "string", "minLength": 1},
+            }},
+            "params": params,
+            "methods": {"type": "object", "minProperties": 1, "propertyNames": {"enum": methods},
+                        "additionalProperties": {
+                            "type": ["object", "null"], "additionalProperties": False,
+                            "properties": {
+                                "num_samples": {"type": "integer", "minimum": 1,
+                                                "maximum": 100000},
+                                "sampler": {"enum": samplers},
+                                "params": params}}},
+        },
+    }
 
 
 @dataclass
@@ -98,8 +127,8 @@ class SearchSpace:
     """A validated search space. ``params`` maps names to a fixed value or a distribution dict."""
 
     name: str
-    model: str
-    dataset: str
+    model: str | dict
+    dataset: str | dict
     objectives: dict[str, str]
     params: dict[str, Any]
     method: str = "lilnetx"
@@ -141,7 +170,10 @@ def _schema_message(e: jsonschema.ValidationError) -> str:
     v = e.validator
     if v in ("minProperties", "maxProperties") and list(e.absolute_path) == ["objectives"]:
         return (f"needs 2 or 3 objectives, but got {len(e.instance)}; allowed metrics: "
-                f"{', '.join(OBJECTIVES)}")
+                f"{', '.join(objective_names())}")
+    if v == "anyOf" and list(e.absolute_path) in (["model"], ["dataset"]):
+        return (f"must be a name (a string) or {{factory: 'package.module:function', args: "
+                f"{{...}}}}, but got {show(e.instance)}")
     if v == "anyOf":
         return (f"{show(e.instance)} is neither a number nor a distribution "
                 "({uniform|loguniform|int: [lo, hi]} or {choice: [...]})")
@@ -150,7 +182,7 @@ def _schema_message(e: jsonschema.ValidationError) -> str:
         allowed = ", ".join(e.schema.get("properties", {}))
         return f"{message}; allowed keys: {allowed}" if allowed else message
     if v == "additionalProperties":
-        return f"{message}; allowed keys: {', '.join(SCHEMA['properties'])}"
+        return f"{message}; allowed keys: {', '.join(schema()['properties'])}"
     if v == "propertyNames":
         allowed = e.schema.get("enum") if isinstance(e.schema, dict) else None
         return f"{message}; allowed: {', '.join(allowed)}" if allowed else message
@@ -178,19 +210,21 @@ def validate(doc: Any, *, source: str = "") -> SearchSpace:
 
     Raises :class:`ConfigError` naming the field path and what is allowed.
     """
-    from lilnetx.data import dataset_names
+    from lilnetx.data import dataset_names, resolve_dataset
     from lilnetx.models import model_names
 
     if not isinstance(doc, dict):
         raise ConfigError(f"{source or 'search space'}: top level must be a mapping of keys, "
                           f"but got {type(doc).__name__}")
-    errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(doc),
+    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(doc),
                     key=lambda e: (len(list(e.absolute_path)), str(list(e.absolute_path))))
     if errors:
         e = errors[-1] if errors[-1].absolute_path else errors[0]
         raise ConfigError(f"{_path(e)}: {_schema_message(e)}")
-    model = doc["model"]
-    if model.startswith("tv:"):
+    model, dataset = doc["model"], doc["dataset"]
+    if isinstance(model, dict):
+        _check_factory("model", model)
+    elif model.startswith("tv:"):
         from torchvision import models as tvm
 
         if model[3:] not in tvm.list_models(module=tvm):
@@ -199,12 +233,16 @@ def validate(doc: Any, *, source: str = "") -> SearchSpace:
                               "e.g. tv:resnet18")
     elif model not in model_names():
         raise ConfigError(f"model: unknown model {show(model)}; allowed: "
-                          f"{', '.join(model_names())}, tv:NAME")
-    dataset = doc["dataset"]
-    names = [n for n in dataset_names() if not n.startswith("imagefolder")]
-    if dataset not in names and not (dataset.startswith("imagefolder:") and dataset[12:].strip()):
-        raise ConfigError(f"dataset: unknown dataset {show(dataset)}; allowed: "
-                          f"{', '.join(names)}, imagefolder:PATH (a non-empty path)")
+                          f"{', '.join(model_names())}, tv:NAME, or {{factory: 'pkg.mod:fn'}}")
+    if isinstance(dataset, dict):
+        _check_factory("dataset", dataset)
+    else:
+        try:
+            resolve_dataset(dataset)
+        except ConfigError:
+            raise ConfigError(f"dataset: unknown dataset {show(dataset)}; allowed: "
+                              f"{', '.join(dataset_names())} (a non-empty path), or "
+                              "{factory: 'pkg.mod:fn'}") from None
     seen: dict[str, str] = {}
     for o in doc["objectives"]:
         m = search_metric(o)
@@ -235,12 +273,13 @@ def validate(doc: Any, *, source: str = "") -> SearchSpace:
         for key, spec in own.items():
             _check_param(f"methods.{m}.params.{key}", key, spec)
         params = {**shared, **own}
-        extra = [k for k in params if k in {x for v in METHOD_KEYS.values() for x in v}
-                 and k not in METHOD_KEYS[m]]
+        own_keys = method_keys()
+        extra = [k for k in params if k in {x for v in own_keys.values() for x in v}
+                 and k not in own_keys[m]]
         if extra:
             where = f"methods.{m}.params" if "methods" in doc else "params"
             raise ConfigError(f"{where}.{extra[0]}: method {show(m)} takes no {show(extra[0])}; "
-                              f"its own parameters: {', '.join(METHOD_KEYS[m]) or 'none'}")
+                              f"its own parameters: {', '.join(own_keys[m]) or 'none'}")
         if m == "lilnetx" and not params and "methods" not in doc:
             raise ConfigError("params: must be non-empty (at least one parameter to fix or search)")
         msampler = entry.get("sampler", sampler)
@@ -267,10 +306,18 @@ def validate(doc: Any, *, source: str = "") -> SearchSpace:
 
 
 def _check_param(path: str, key: str, spec: Any) -> None:
+    """A fixed value or a distribution of parameter ``key``: its type and range (a method
+    parameter's from its :class:`lilnetx.methods.Param`)."""
+    from lilnetx.methods import all_params
+
+    mparam = all_params().get(key)
+    strings = mparam.choices if mparam is not None and mparam.kind is str else None
+    is_int = key in _INT_KEYS or (mparam is not None and mparam.kind is int)
+
     def check_value(v: Any, in_choice: bool = False) -> None:
-        if key in STRING_KEYS:
-            if v not in STRING_KEYS[key]:
-                raise ConfigError(f"{path}: must be one of {', '.join(STRING_KEYS[key])}, "
+        if strings is not None:
+            if v not in strings:
+                raise ConfigError(f"{path}: must be one of {', '.join(strings)}, "
                                   f"but got {show(v)}")
             return
         if in_choice and (isinstance(v, bool) or not isinstance(v, int | float)):
@@ -280,28 +327,28 @@ def _check_param(path: str, key: str, spec: Any) -> None:
                               f"int: [lo, hi]}} or {{choice: [...]}}), but got {show(v)}")
         if not math.isfinite(v):
             raise ConfigError(f"{path}: must be a finite number, but got {show(v)}")
-        if key in INT_KEYS and not float(v).is_integer():
+        if is_int and not float(v).is_integer():
             raise ConfigError(f"{path}: must be an integer, but got {show(v)}")
-        if key in ("epochs", "batch_size", "limit", "lr", "width") and v <= 0:
+        if key in _POSITIVE_KEYS and v <= 0:
             raise ConfigError(f"{path}: must be positive, but got {show(v)}")
         if v < 0:
             raise ConfigError(f"{path}: must be non-negative, but got {show(v)}")
         if key == "val_fraction" and not v < 0.5:
             raise ConfigError(f"{path}: must be in [0, 0.5), but got {show(v)}")
-        if key == "target_sparsity" and not v < 1:
-            raise ConfigError(f"{path}: must be in [0, 1), but got {show(v)}")
-        if key == "bits" and not 2 <= v <= 12:
-            raise ConfigError(f"{path}: must be in [2, 12], but got {show(v)}")
-        if key == "phases" and v < 1:
-            raise ConfigError(f"{path}: must be positive, but got {show(v)}")
+        if mparam is not None:
+            try:
+                mparam.check(v)
+            except ConfigError:
+                raise ConfigError(f"{path}: must be in {mparam.range_text()}, but got "
+                                  f"{show(v)}") from None
 
     if not isinstance(spec, dict):
         check_value(spec)
         return
     kind, args = next(iter(spec.items()))
-    if key in STRING_KEYS and kind != "choice":
+    if strings is not None and kind != "choice":
         raise ConfigError(f"{path}: {key} takes a fixed value or {{choice: [...]}} of "
-                          f"{', '.join(STRING_KEYS[key])}")
+                          f"{', '.join(strings)}")
     if kind == "choice":
         for v in args:
             check_value(v, in_choice=True)
@@ -311,12 +358,23 @@ def _check_param(path: str, key: str, spec: Any) -> None:
         raise ConfigError(f"{path}.{kind}: low must not exceed high, but got [{lo}, {hi}]")
     if kind == "loguniform" and lo <= 0:
         raise ConfigError(f"{path}.loguniform: bounds must be > 0, but got [{lo}, {hi}]")
-    if kind == "int" and key not in INT_KEYS:
+    if kind == "int" and not is_int:
         raise ConfigError(f"{path}: {key} is not an integer parameter; use uniform or loguniform")
-    if kind != "int" and key in INT_KEYS:
+    if kind != "int" and is_int:
         raise ConfigError(f"{path}: {key} is an integer parameter; use int or choice")
     check_value(lo)
     check_value(hi)
+
+
+def _check_factory(field: str, spec: dict) -> None:
+    """``{factory: "pkg.module:function", args: {...}}``: the callable must import (the user's
+    own code, named by the user's own space)."""
+    from lilnetx.factory import resolve
+
+    try:
+        resolve(spec["factory"], field)
+    except ConfigError as e:
+        raise ConfigError(f"{field}.factory: {e}") from None
 
 
 def load_space(path: str | os.PathLike) -> SearchSpace:

@@ -75,20 +75,12 @@ def sampler_seed(seed: int, trials_so_far: int) -> int:
 
 
 def make_sampler(space: SearchSpace, method: str, trials_so_far: int = 0):
-    import optuna
+    """The method's sampler from :mod:`explorer.samplers`, seeded by :func:`sampler_seed`."""
+    from .samplers import create_sampler
 
-    s = space.methods[method]["sampler"]
-    seed = sampler_seed(space.seed, trials_so_far)
-    if s == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
-    if s == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if s == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if s == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    grid = {k: list(v["choice"]) for k, v in space.searched(method).items()}
-    return optuna.samplers.GridSampler(grid, seed=seed)  # skips grid points the study has
+    choices = {k: list(v["choice"]) for k, v in space.searched(method).items() if "choice" in v}
+    return create_sampler(space.methods[method]["sampler"],
+                          sampler_seed(space.seed, trials_so_far), choices)
 
 
 class DefineByRun:

@@ -26,12 +26,12 @@ def _spec(ctx: dict, values: dict):
             train[k] = int(train[k])
     cfg = TrainConfig(device=ctx.get("device"), **train)
     limit = values.get("limit")
-    extra = {k: values[k] for k in ("target_sparsity", "schedule") if k in values}
-    extra.update({k: int(values[k]) for k in ("bits", "phases", "retrain_epochs") if k in values})
+    params = {p.name: p for p in lilnetx.methods.method_class(ctx["method"]).params}
+    options = {k: params[k].check(values[k]) for k in params if k in values}
     return RunSpec(model=ctx["model"], dataset=ctx["dataset"], method=ctx["method"],
                    width=float(values.get("width", 1.0)), data_root=ctx.get("data_root"),
                    val_fraction=float(values.get("val_fraction", 0.1)),
-                   limit=int(limit) if limit else None, train=cfg, **extra), lilnetx
+                   limit=int(limit) if limit else None, train=cfg, options=options), lilnetx
 
 
 class SettledElsewhere(RuntimeError):
@@ -42,6 +42,8 @@ def run_trial(config: dict, ctx: dict) -> dict:
     """Train one configuration and return its metrics (raises on failure)."""
     import torch
 
+    from lilnetx.factory import describe
+
     from .gate import CoreGate
 
     torch.set_num_threads(max(1, int(ctx.get("cpus_per_trial", 1))))
@@ -51,14 +53,15 @@ def run_trial(config: dict, ctx: dict) -> dict:
     c = tracking.client(uri)
     tags = {tracking.TAG_PARENT: ctx["parent_run_id"], tracking.TAG_SWEEP: ctx["sweep"],
             tracking.TAG_METHOD: ctx["method"], tracking.TAG_ROLE: "trial",
-            tracking.TAG_TRIAL: str(trial_no), "lilnetx.model": ctx["model"],
-            "lilnetx.dataset": ctx["dataset"]}
+            tracking.TAG_TRIAL: str(trial_no), "lilnetx.model": describe(ctx["model"]),
+            "lilnetx.dataset": describe(ctx["dataset"])}
     run = c.create_run(ctx["experiment_id"], tags=tags, run_name=f"{ctx['sweep']}-t{trial_no:03d}")
     run_id = run.info.run_id
     gate = CoreGate(ctx["gate_dir"])
     try:
-        tracking.log_params(uri, run_id, {**values, "model": ctx["model"],
-                                          "dataset": ctx["dataset"], "method": ctx["method"]})
+        tracking.log_params(uri, run_id, {**values, "model": describe(ctx["model"]),
+                                          "dataset": describe(ctx["dataset"]),
+                                          "method": ctx["method"]})
         spec, lilnetx = _spec(ctx, values)
 
         def progress(ev: dict) -> None:

@@ -10,11 +10,21 @@ Public API::
 Units: rates are **bits**, file sizes **bytes**, sparsities fractions in [0, 1].
 """
 
-from .data import DataInfo, DataSplits, create_dataset, dataset_names, iterate_batches
+from .data import (
+    DataInfo,
+    DataSplits,
+    create_dataset,
+    dataset_names,
+    iterate_batches,
+    register_dataset,
+    splits_from_arrays,
+)
 from .errors import ConfigError, DataError, FormatError, LilNetXError
 from .experiment import RunSpec, run
 from .fileformat import load, save
 from .latent import GroupDecoder, LatentConv2d, LatentLinear, round_ste
+from .methods import Method, Param, create_method, method_names, register_method
+from .metrics import Metric, metric, metric_names, register_metric
 from .model import LilNetXModel, convert, decode
 from .models import create_model, model_names, register_model
 from .slimming import count_macs, slim
@@ -23,8 +33,11 @@ from .train import TrainConfig, TrainingDiverged, evaluate_accuracy, fit, pick_d
 
 __all__ = [
     "ConfigError", "DataError", "DataInfo", "DataSplits", "FormatError", "GroupDecoder",
-    "LatentConv2d", "LatentLinear", "LayerStats", "LilNetXError", "LilNetXModel", "RunSpec",
-    "TrainConfig", "TrainingDiverged", "convert", "count_macs", "load", "save", "slim", "create_dataset", "create_model",
-    "dataset_names", "decode", "evaluate_accuracy", "fit", "iterate_batches", "layer_stats",
-    "model_names", "pick_device", "register_model", "round_ste", "run", "summarize",
+    "LatentConv2d", "LatentLinear", "LayerStats", "LilNetXError", "LilNetXModel", "Method",
+    "Metric", "Param", "RunSpec", "TrainConfig", "TrainingDiverged", "convert", "count_macs",
+    "create_dataset", "create_method", "create_model", "dataset_names", "decode",
+    "evaluate_accuracy", "fit", "iterate_batches", "layer_stats", "load", "method_names",
+    "metric", "metric_names", "model_names", "pick_device", "register_dataset",
+    "register_method", "register_metric", "register_model", "round_ste", "run", "save", "slim",
+    "splits_from_arrays", "summarize",
 ]

@@ -9,12 +9,9 @@ own ``TensorDataset``. Validation is always carved from the training pool (strat
 
 from __future__ import annotations
 
-import gzip
 import math
-import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,28 +20,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .errors import ConfigError, DataError, check_positive_int
+from .registry import Registry
 
-IMAGE_FOLDER_SIZE = 32  #: side length imagefolder images are resized to
 CIFAR_PAD = 4  #: zero padding of the "cifar" random-crop augmentation
 TEST_FRACTION, TEST_SEED = 0.2, 0  #: held-out test split when a source has none (never varies)
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-CACHE_ROOT = "~/.cache/lilnetx"  #: default root for torchvision downloads
 AUGMENTS = ("cifar",)
-
-# Published per-channel statistics (of the pixel values scaled to [0, 1]).
-_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet
-}
-_IDX_FILES = {
-    "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
-}
-_IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
-               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
 @dataclass(frozen=True)
@@ -71,18 +51,56 @@ class DataSplits:
     augment: str | None  # "cifar" (random crop + horizontal flip) or None
 
 
+Loader = Callable[..., DataSplits]
+"""A data set loader: ``loader(root, *, val_fraction, seed, limit, download) -> DataSplits``;
+``root`` is ``data_root`` (or, for a path data set such as ``imagefolder:PATH``, the path)."""
+
+
+def _builtins() -> None:
+    import importlib
+
+    importlib.import_module("lilnetx.sources")  # digits, mnist, fashion_mnist, cifar, folders
+
+
+DATASETS: Registry[Loader] = Registry("dataset", "lilnetx.datasets", builtins=_builtins)
+_PATH_DATASETS: set[str] = set()
+
+
+def register_dataset(name: str, *, takes_path: bool = False):
+    """Decorator adding a loader (see :data:`Loader`). ``takes_path``: the data set is named
+    ``NAME:PATH`` and the loader gets ``PATH`` as ``root``."""
+    if takes_path:
+        _PATH_DATASETS.add(name)
+    return DATASETS.register(name)
+
+
 def dataset_names() -> list[str]:
-    """The registry names accepted by :func:`create_dataset` (``PATH`` is a placeholder)."""
-    return ["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder:PATH"]
+    """The names accepted by :func:`create_dataset` (``PATH`` is a placeholder)."""
+    return [f"{n}:PATH" if n in _PATH_DATASETS else n for n in DATASETS.names()]
 
 
-def create_dataset(name: str, data_root: str | None = None, *, val_fraction: float = 0.1,
+def resolve_dataset(name: str) -> tuple[Loader, str, str | None]:
+    """(loader, registry name, path) of a data set name such as ``digits`` or
+    ``imagefolder:PATH``; :class:`ConfigError` naming the choices when unknown."""
+    base, sep, path = name.partition(":") if isinstance(name, str) else (name, "", "")
+    if isinstance(name, str) and base in DATASETS and (base in _PATH_DATASETS) == bool(sep):
+        if sep and not path.strip():
+            raise ConfigError(f"{base} needs a path, as in '{base}:PATH', but got no path")
+        return DATASETS.get(base), base, (path if sep else None)
+    shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:80] + "..."
+    raise ConfigError(f"unknown dataset {shown}; choose one of: {', '.join(dataset_names())}")
+
+
+def create_dataset(name: str | dict, data_root: str | None = None, *, val_fraction: float = 0.1,
                    seed: int = 0, download: bool = False, limit: int | None = None) -> DataSplits:
     """Load data set ``name`` and split it into train/val/test.
 
-    ``val_fraction`` (in [0, 0.5)) of the training pool becomes ``val`` (stratified, seeded by
-    ``seed``); ``limit`` caps the number of training examples left after that. For
-    ``imagefolder:PATH`` with a ``val/`` subfolder, that folder is used (``val_fraction`` unused).
+    ``name`` is a registered name (``lilnetx datasets`` lists them, plugins included), or a
+    factory ``{"factory": "pkg.module:function", "args": {...}}`` naming the user's own code
+    (see :func:`from_factory`). ``val_fraction`` (in [0, 0.5)) of the training pool becomes
+    ``val`` (stratified, seeded by ``seed``); ``limit`` caps the number of training examples
+    left after that. For ``imagefolder:PATH`` with a ``val/`` subfolder, that folder is used
+    (``val_fraction`` unused).
     """
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) \
             or not 0 <= val_fraction < 0.5:
@@ -91,17 +109,40 @@ def create_dataset(name: str, data_root: str | None = None, *, val_fraction: flo
         raise ConfigError(f"seed must be a non-negative integer, but got {seed!r}")
     if limit is not None:
         check_positive_int("limit", limit)
-    if not (isinstance(name, str) and (name in dataset_names() or name.startswith("imagefolder:"))):
-        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
     split = dict(val_fraction=float(val_fraction), seed=seed, limit=limit)
-    if name == "digits":
-        return _digits(**split)
-    if name in ("mnist", "fashion_mnist"):
-        x, y, xt, yt = _load_idx_set(_locate_idx(name, data_root, download), name)
-        return _tensor_splits(name, x, y, xt, yt, 10, 255.0, None, **split)
-    if name in ("cifar10", "cifar100"):
-        return _cifar(name, data_root, download, **split)
-    return _imagefolder(name, name.removeprefix("imagefolder:"), **split)
+    if isinstance(name, dict):
+        return from_factory(name, **split)
+    loader, base, path = resolve_dataset(name)
+    out = loader(path if path is not None else data_root, download=download, **split)
+    if not isinstance(out, DataSplits):
+        raise DataError(f"dataset {base!r}: its loader returned {type(out).__name__}, "
+                        "not DataSplits")
+    return out
+
+
+def from_factory(spec: dict, **split) -> DataSplits:
+    """A data set from the user's own code: ``spec["factory"]`` (``"pkg.module:function"``)
+    is called with ``spec["args"]`` and returns :class:`DataSplits`, or the arrays
+    ``(x_train, y_train, x_test, y_test)`` (images (N, C, H, W), integer labels (N,)), which
+    are normalized by the training pool's statistics and split like a built-in data set."""
+    from .factory import call_factory
+
+    out = call_factory(spec, "dataset")
+    if isinstance(out, DataSplits):
+        return out
+    if not (isinstance(out, tuple | list) and len(out) == 4):
+        raise DataError(f"dataset factory {spec.get('factory')!r} must return DataSplits or "
+                        f"(x_train, y_train, x_test, y_test), but returned {type(out).__name__}")
+    x, y, xt, yt = (np.asarray(a) for a in out)
+    if x.ndim != 4 or xt.ndim != 4 or y.ndim != 1 or yt.ndim != 1:
+        raise DataError(f"dataset factory {spec.get('factory')!r}: images must be (N, C, H, W) "
+                        f"and labels (N,), but got {x.shape}, {y.shape}, {xt.shape}, {yt.shape}")
+    num_classes = int(max(y.max(initial=0), yt.max(initial=0))) + 1
+    x, xt = x.astype(np.float32), xt.astype(np.float32)
+    stats = (tuple(float(c) for c in x.mean(axis=(0, 2, 3))),
+             tuple(float(c) + 1e-12 for c in x.std(axis=(0, 2, 3))))
+    return splits_from_arrays(str(spec.get("factory")), x, y.astype(np.int64), xt,
+                              yt.astype(np.int64), num_classes, 1.0, None, stats, **split)
 
 
 def _stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
@@ -143,191 +184,22 @@ def _normalize(x: np.ndarray, scale: float, mean: tuple[float, ...],
     return t.sub_(torch.tensor(mean).view(1, -1, 1, 1)).div_(torch.tensor(std).view(1, -1, 1, 1))
 
 
-def _tensor_splits(name: str, x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray,
+def splits_from_arrays(name: str, x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray,
                    num_classes: int, scale: float, augment: str | None,
-                   stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+                   stats: tuple[tuple[float, ...], tuple[float, ...]],
                    **split) -> DataSplits:
-    """Build splits from raw train-pool (N, C, H, W)/(N,) and test arrays; ``stats`` defaults to
-    the published (mean, std) of ``name``."""
+    """Splits from raw train-pool images (N, C, H, W) and labels (N,) and test arrays, pixels
+    divided by ``scale`` then normalized by ``stats`` = (mean, std) per channel; ``augment``
+    is ``"cifar"`` or ``None``. The helper for a plugin's loader."""
     for what, lab in (("training", y), ("test", yt)):
         if lab.size and (lab.min() < 0 or lab.max() >= num_classes):
             raise DataError(f"{name}: {what} labels must be in 0..{num_classes - 1}, but found "
                             f"values from {lab.min()} to {lab.max()}")
-    mean, std = stats if stats is not None else _STATS[name]
+    mean, std = stats
     info = DataInfo(name, x.shape[1], x.shape[2], x.shape[3], num_classes, mean, std)
     pool = TensorDataset(_normalize(x, scale, mean, std), torch.from_numpy(y.astype(np.int64)))
     test = TensorDataset(_normalize(xt, scale, mean, std), torch.from_numpy(yt.astype(np.int64)))
     return _assemble(info, pool, y, test, None, augment, **split)
-
-
-def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled ``digits.csv.gz`` (what ``load_digits`` reads), read without
-    importing scikit-learn (seconds of start-up in every sweep trial). Images scaled to [0, 1]."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("the digits data set needs scikit-learn (pip install scikit-learn)")
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
-    data = np.loadtxt(path, delimiter=",", dtype=np.float64)
-    return data[:, :-1].reshape(-1, 1, 8, 8) / 16.0, data[:, -1].astype(np.int64)
-
-
-def _digits(**split) -> DataSplits:
-    """scikit-learn's 1797 8x8 digits (values 0..16); normalized by the train-pool statistics."""
-    x, y = _load_digits()
-    pool_idx, test_idx = _stratified_split(y, TEST_FRACTION, TEST_SEED)
-    pool_idx, test_idx = np.sort(pool_idx), np.sort(test_idx)
-    stats = (float(x[pool_idx].mean()),), (float(x[pool_idx].std()),)
-    return _tensor_splits("digits", x[pool_idx], y[pool_idx], x[test_idx], y[test_idx], 10, 1.0,
-                          None, stats, **split)
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read one idx file (gzip-compressed or not) into an array of the dims its header declares."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError) as e:
-        raise DataError(f"cannot read idx file {path}: {e}") from None
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{path} is not an idx file: expected magic bytes 00 00 <type> <ndim>, "
-                        f"but got {raw[:4].hex(' ') or 'an empty file'}")
-    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated idx header (needs {header} bytes, has {len(raw)})")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + math.prod(dims) * dtype.itemsize
-    if len(raw) != expected:
-        what = "truncated" if len(raw) < expected else "trailing data"
-        raise DataError(f"{path}: header declares dims {dims} ({expected} bytes) but the file has "
-                        f"{len(raw)} bytes ({what})")
-    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
-
-
-def _find_idx(dirs: list[Path]) -> dict[str, Path] | None:
-    """The four idx files (plain or .gz) from the first of ``dirs`` that holds all of them."""
-    for d in dirs:
-        found = {key: p for key, base in _IDX_FILES.items()
-                 for p in (d / f"{base}.gz", d / base) if p.is_file()}
-        if len(found) == len(_IDX_FILES):
-            return found
-    return None
-
-
-def _idx_in_root(name: str, root: Path, download: bool) -> dict[str, Path]:
-    """Idx files in ``root`` or torchvision's ``root/<Class>/raw``, downloading if allowed."""
-    from torchvision import datasets
-
-    cls = datasets.FashionMNIST if name == "fashion_mnist" else datasets.MNIST
-    dirs = [root, root / cls.__name__ / "raw"]
-    files = _find_idx(dirs)
-    if files is None and download:
-        try:
-            cls(str(root), train=True, download=True)
-        except (OSError, RuntimeError, ValueError) as e:
-            raise DataError(f"downloading {name} into {root} failed: {e}") from None
-        files = _find_idx(dirs)
-    if files is None:
-        raise DataError(f"no {name} idx files ({', '.join(_IDX_FILES.values())}, optionally .gz) "
-                        f"in {dirs[0]} or {dirs[1]}"
-                        + ("" if download else "; download is off (pass download=True to fetch)"))
-    return files
-
-
-def _locate_idx(name: str, data_root: str | None, download: bool) -> dict[str, Path]:
-    """fashion_mnist: data_root, else Debian's copy, else torchvision into the cache; mnist:
-    data_root (default: the cache). An explicit ``data_root`` is never silently bypassed."""
-    if data_root is not None:
-        return _idx_in_root(name, Path(data_root).expanduser(), download)
-    cache = Path(CACHE_ROOT).expanduser()
-    if name == "mnist":
-        return _idx_in_root(name, cache, download)
-    files = _find_idx([DEBIAN_FASHION_MNIST])
-    if files is not None:
-        return files
-    try:
-        return _idx_in_root(name, cache, download=True)
-    except DataError as e:
-        reason = " ".join(str(e).split())
-        raise DataError(f"cannot find fashion_mnist; tried (1) data_root: not given, (2) "
-                        f"{DEBIAN_FASHION_MNIST}: missing, (3) a download into {cache}: "
-                        f"{reason[:120]}. To get it: apt-get install dataset-fashion-mnist "
-                        f"(Debian; `make deps` does it), or set data_root to a folder with the "
-                        f"four idx files") from None
-
-
-def _load_idx_set(files: dict[str, Path], name: str) -> tuple[np.ndarray, ...]:
-    """Read and cross-check the four idx files -> train x (N, 1, H, W), y (N,), test x, y."""
-    a = {key: read_idx(path) for key, path in files.items()}
-    out = []
-    for split in ("train", "test"):
-        x, y = a[f"{split}_images"], a[f"{split}_labels"]
-        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise DataError(f"{name}: expected {split} images (N, H, W) and labels (N,), but got "
-                            f"shapes {x.shape} and {y.shape}")
-        out += [x[:, None], y]
-    if out[0].shape[2:] != out[2].shape[2:]:
-        raise DataError(f"{name}: train images are {out[0].shape[2:]} but test images "
-                        f"{out[2].shape[2:]}")
-    return tuple(out)
-
-
-def _cifar(name: str, data_root: str | None, download: bool, **split) -> DataSplits:
-    """CIFAR-10/100 through torchvision (python-pickle batches under ``data_root``)."""
-    from torchvision import datasets
-
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    root = Path(data_root if data_root is not None else CACHE_ROOT).expanduser()
-    try:
-        train, test = (cls(str(root), train=t, download=download) for t in (True, False))
-    except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as e:
-        raise DataError(f"cannot load {name} from {root / cls.base_folder}: {e}"
-                        + ("" if download else "; download is off (pass download=True to fetch)"))\
-            from None
-    arrays = [train.data.transpose(0, 3, 1, 2), np.asarray(train.targets),
-              test.data.transpose(0, 3, 1, 2), np.asarray(test.targets)]
-    return _tensor_splits(name, *arrays, 10 if name == "cifar10" else 100, 255.0, "cifar", **split)
-
-
-def _imagefolder(name: str, path: str, **split) -> DataSplits:
-    """Class-per-subfolder images resized to IMAGE_FOLDER_SIZE, RGB, ImageNet-normalized."""
-    from torchvision import datasets, transforms
-
-    if not path:
-        raise ConfigError("imagefolder needs a path, as in 'imagefolder:PATH', but got no path")
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist or is not a directory")
-    mean, std = _STATS["imagefolder"]
-    tf = transforms.Compose([transforms.Resize((IMAGE_FOLDER_SIZE, IMAGE_FOLDER_SIZE)),
-                             transforms.ToTensor(), transforms.Normalize(mean, std)])
-
-    def load(folder: Path) -> datasets.ImageFolder:
-        try:
-            return datasets.ImageFolder(str(folder), transform=tf)
-        except (FileNotFoundError, OSError) as e:
-            raise DataError(f"no images in class subfolders of {folder}: {e}") from None
-
-    # With train/ use train/, val/, test/ as given; else root's subfolders are the classes.
-    parts = {s: root / s for s in ("train", "val", "test") if (root / "train").is_dir()
-             and (root / s).is_dir()}
-    full = load(parts.get("train", root))
-    val, test = (load(parts[s]) if s in parts else None for s in ("val", "test"))
-    for s, ds in (("val", val), ("test", test)):
-        if ds is not None and ds.classes != full.classes:
-            raise DataError(f"{root / s} has classes {ds.classes}, but train has {full.classes}")
-    labels = np.asarray(full.targets, dtype=np.int64)
-    pool: Dataset = full
-    if test is None:
-        pool_idx, test_idx = _stratified_split(labels, TEST_FRACTION, TEST_SEED)
-        test, pool, labels = Subset(full, test_idx.tolist()), Subset(full, pool_idx.tolist()), \
-            labels[pool_idx]
-    info = DataInfo(name, 3, IMAGE_FOLDER_SIZE, IMAGE_FOLDER_SIZE, len(full.classes), mean, std)
-    return _assemble(info, pool, labels, test, val, None, **split)
 
 
 def num_batches(dataset: Dataset, batch_size: int) -> int:

@@ -7,7 +7,8 @@ project's interface (``accuracy``, ``bits_estimate``, ``slice_sparsity``, ...).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,20 +16,18 @@ from torch import nn
 from .archspec import registry_arch
 from .data import DataSplits, create_dataset
 from .errors import ConfigError
-from .model import LilNetXModel, convert, decode
+from .methods import Method, create_method
+from .model import LilNetXModel
 from .models import create_model
 from .stats import LayerStats, layer_stats, plain_layer_stats, summarize
-from .train import TrainConfig, TrainResult, evaluate_accuracy, fit, pick_device
-
-METHODS = ("lilnetx", "dense", "quant", "imp")
-"""``lilnetx`` (the method), ``dense`` (plain training, fp32 file), ``quant`` (dense training,
-then uniform post-training quantization to ``bits``), ``imp`` (dense training, then iterative
-magnitude pruning with retraining; nonzeros quantized to ``bits``, 8 by default)."""
+from .train import TrainConfig, TrainResult, evaluate_accuracy, pick_device
 
 
 @dataclass
 class RunSpec:
-    """Everything that defines one run. ``train`` holds the optimization hyperparameters."""
+    """Everything that defines one run. ``train`` holds the optimization hyperparameters,
+    ``options`` the method's own parameters (see ``lilnetx methods``), ``init_from`` a trained
+    network to start from (a ``.lnx`` file) for methods that accept one."""
 
     model: str = "lenet5"
     dataset: str = "fashion_mnist"
@@ -38,34 +37,21 @@ class RunSpec:
     val_fraction: float = 0.1
     limit: int | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
-    bits: int | None = None
-    target_sparsity: float = 0.9
-    phases: int = 3
-    retrain_epochs: int = 1
-    schedule: str = "SLR"
+    options: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
 
     def validate(self) -> RunSpec:
-        from .imp import SCHEDULES
-        from .quant import check_bits
-
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        self.create_method()
         self.train.validate()
-        if self.method in ("quant", "imp"):
-            check_bits(self.bits if self.bits is not None else 8)
-        if self.method == "imp":
-            if not 0 <= self.target_sparsity < 1:
-                raise ConfigError(f"target_sparsity must be in [0, 1), but got "
-                                  f"{self.target_sparsity}")
-            if isinstance(self.phases, bool) or not isinstance(self.phases, int) or self.phases < 1:
-                raise ConfigError(f"phases must be a positive integer, but got {self.phases!r}")
-            if self.schedule not in SCHEDULES:
-                raise ConfigError(f"unknown retraining schedule {self.schedule!r}; choose one "
-                                  f"of: {', '.join(SCHEDULES)}")
-        if self.init_from is not None and self.method == "lilnetx":
-            raise ConfigError("init_from (start from a dense run) applies to dense, quant and imp")
         return self
+
+    def create_method(self) -> Method:
+        """A fresh instance of the run's method with its validated options."""
+        method = create_method(self.method, **self.options)
+        if self.init_from is not None and not method.accepts_init:
+            raise ConfigError(f"init_from (start from a trained network) does not apply to "
+                              f"method {self.method}")
+        return method
 
 
 @dataclass
@@ -79,7 +65,8 @@ class RunOutcome:
     layers: list[LayerStats]
     result: TrainResult
     arch: dict | None = None
-    quantized: dict | None = None
+    method: Method | None = None
+    """The method instance that trained the model (it encodes the file)."""
     slim: nn.Module | None = None
     """The slim network, once :func:`finalize` has made it."""
 
@@ -103,68 +90,52 @@ def arch_of(spec: RunSpec, splits: DataSplits) -> dict:
               "channels": info.channels, "height": info.height, "width": info.width})
 
 
-def build(spec: RunSpec, splits: DataSplits) -> nn.Module:
-    """The network of ``spec`` for ``splits``' input shape, converted when the method asks
-    (its ``arch`` attribute describes how to rebuild it)."""
+def build(spec: RunSpec, splits: DataSplits, method: Method | None = None) -> nn.Module:
+    """The network of ``spec`` for ``splits``' input shape, prepared by its method (LilNetX
+    converts it); its ``arch`` attribute describes how to rebuild it."""
     info = splits.info
     torch.manual_seed(spec.train.seed)
     net = create_model(spec.model, in_channels=info.channels, image_size=info.height,
                        num_classes=info.num_classes, width=spec.width)
-    model = convert(net, width=spec.width) if spec.method == "lilnetx" else net
+    model = (method or spec.create_method()).prepare(net, width=spec.width)
     model.arch = arch_of(spec, splits)
     return model
 
 
+def _start_network(spec: RunSpec, model: nn.Module) -> nn.Module:
+    """The trained network of ``spec.init_from``, checked to be the run's architecture."""
+    from .fileformat import load
+
+    start = load(spec.init_from)
+    if [tuple(p.shape) for p in start.state_dict().values()] != [
+            tuple(p.shape) for p in model.state_dict().values()]:
+        raise ConfigError(f"init_from {spec.init_from!r} is not a {spec.model} for "
+                          f"{spec.dataset}")
+    return start
+
+
 def run(spec: RunSpec, progress: Callable[[dict], None] | None = None) -> RunOutcome:
-    """Load the data, build and train the model, and measure it on the decoded network."""
+    """Load the data, build the model, train it with the run's method, and measure it on the
+    network the file will store."""
     spec.validate()
+    method = spec.create_method()
+    if spec.train.lr is None:
+        spec = replace(spec, train=replace(spec.train, lr=method.default_lr))
     splits = create_dataset(spec.dataset, spec.data_root, val_fraction=spec.val_fraction,
                             seed=spec.train.seed, limit=spec.limit)
-    model = build(spec, splits)
-    if spec.method == "lilnetx":
-        result = fit(model, splits, spec.train, progress)
-        return measure(spec, model, splits, result)
-    return _run_plain(spec, model, splits, progress)
+    model = build(spec, splits, method)
+    init = _start_network(spec, model) if spec.init_from else None
+    result = method.train(model, splits, spec.train, progress, init=init)
+    return measure(spec, model, splits, result, method)
 
 
-def _run_plain(spec: RunSpec, net: nn.Module, splits: DataSplits, progress) -> RunOutcome:
-    """dense, quant and imp: train dense (or start from ``init_from``), prune, quantize."""
-    from .fileformat import load
-    from .imp import imp
-    from .quant import apply_quantization, information_bits, quantize_layers
-
-    if spec.init_from:
-        start = load(spec.init_from)
-        if [tuple(p.shape) for p in start.state_dict().values()] != [
-                tuple(p.shape) for p in net.state_dict().values()]:
-            raise ConfigError(f"init_from {spec.init_from!r} is not a {spec.model} for "
-                              f"{spec.dataset}")
-        net.load_state_dict(start.state_dict(), strict=False)
-        result = TrainResult()
-    else:
-        result = fit(net, splits, spec.train, progress)
-    if spec.method == "imp":
-        res = imp(net, splits, spec.train, target_sparsity=spec.target_sparsity,
-                  phases=spec.phases, retrain_epochs=spec.retrain_epochs,
-                  schedule=spec.schedule, progress=progress)
-        result.history += res.history
-        result.seconds += res.seconds
-    quantized = None
-    if spec.method in ("quant", "imp"):
-        quantized = quantize_layers(net, spec.bits if spec.bits is not None else 8)
-        apply_quantization(net, quantized)
-    net.eval()
-    outcome = measure(spec, net, splits, result)
-    outcome.arch, outcome.quantized = net.arch, quantized
-    if quantized is not None:
-        outcome.summary["bits_estimate"] = information_bits(quantized)
-    return outcome
-
-
-def measure(spec: RunSpec, model: nn.Module, splits: DataSplits, result: TrainResult) -> RunOutcome:
-    """Accuracy of the decoded network on validation and test, sparsity and rate statistics."""
+def measure(spec: RunSpec, model: nn.Module, splits: DataSplits, result: TrainResult,
+            method: Method | None = None) -> RunOutcome:
+    """Accuracy of the network the method stores, on validation and test; sparsity and rate
+    statistics; the method's own metrics."""
+    method = method or spec.create_method()
     device = pick_device(spec.train.device)
-    plain = decode(model) if isinstance(model, LilNetXModel) else model
+    plain = method.plain(model)
     plain.eval()
     evaluated = plain.to(device)
     summary = {
@@ -172,14 +143,15 @@ def measure(spec: RunSpec, model: nn.Module, splits: DataSplits, result: TrainRe
         "val_accuracy": evaluate_accuracy(evaluated, splits.val, device=device),
     }
     plain = evaluated.cpu()
-    layers = layer_stats(model) if isinstance(model, LilNetXModel) else plain_layer_stats(model)
+    layers = layer_stats(model) if isinstance(model, LilNetXModel) else plain_layer_stats(plain)
     summary.update(summarize(layers))
     summary["params"] = param_count(plain)
     summary["dense_bytes"] = dense_bytes(plain)
     summary["train_seconds"] = result.seconds
     summary["epochs"] = spec.train.epochs
+    summary.update(method.metrics(model))
     return RunOutcome(model=model, plain=plain, splits=splits, summary=summary, layers=layers,
-                      result=result, arch=getattr(model, "arch", None))
+                      result=result, arch=getattr(model, "arch", None), method=method)
 
 
 def finalize(outcome: RunOutcome, path: str, *, latency: bool = True,
@@ -194,6 +166,7 @@ def finalize(outcome: RunOutcome, path: str, *, latency: bool = True,
 
     metrics, outcome.slim = write_and_measure(
         outcome.model, outcome.plain, path, dense_bytes=outcome.summary["dense_bytes"],
-        latency=latency, onnx_path=onnx_path, arch=outcome.arch, quantized=outcome.quantized)
+        latency=latency, onnx_path=onnx_path, arch=outcome.arch,
+        quantized=getattr(outcome.method, "quantized", None))
     outcome.summary.update(metrics)
     return outcome.summary

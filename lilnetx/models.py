@@ -13,39 +13,51 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .registry import Registry
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "lilnetx.models")
+"""Model builders ``f(in_channels, image_size, num_classes, width) -> nn.Module`` by name;
+plugins add theirs through the ``lilnetx.models`` entry-point group."""
 
 
 def register_model(name: str):
     """Decorator adding a model builder ``f(in_channels, image_size, num_classes, width)``."""
-
-    def deco(fn):
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+    return MODELS.register(name)
 
 
 def model_names() -> list[str]:
     """Registered model names (``tv:NAME`` is accepted in addition)."""
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def create_model(
-    name: str, *, in_channels: int, image_size: int, num_classes: int, width: float = 1.0
+    name: str | dict, *, in_channels: int, image_size: int, num_classes: int, width: float = 1.0
 ) -> nn.Module:
-    """Build model ``name`` for inputs (N, in_channels, image_size, image_size) and ``num_classes``."""
-    if width <= 0:
-        raise ConfigError(f"width must be positive, but got {width}")
-    if name.startswith("tv:"):
+    """Build model ``name`` for inputs (N, in_channels, image_size, image_size) and
+    ``num_classes``: a registered name, ``tv:NAME`` (a torchvision classifier), or a factory
+    ``{"factory": "pkg.module:function", "args": {...}}`` naming the user's own code, called
+    with ``args`` and whichever of ``in_channels``, ``image_size``, ``num_classes`` and
+    ``width`` it accepts."""
+    if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
+        raise ConfigError(f"width must be positive, but got {width!r}")
+    if isinstance(name, dict):
+        from .factory import call_factory
+
+        net = call_factory(name, "model", in_channels=in_channels, image_size=image_size,
+                           num_classes=num_classes, width=width)
+        if not isinstance(net, nn.Module):
+            raise ConfigError(f"model factory {name.get('factory')!r} returned "
+                              f"{type(net).__name__}, not a torch.nn.Module")
+        return net
+    if isinstance(name, str) and name.startswith("tv:"):
         return _torchvision_model(name[3:], in_channels, num_classes)
-    if name not in _REGISTRY:
+    if name not in MODELS:
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:80] + "..."
         raise ConfigError(
-            f"unknown model {name!r}; choose one of: {', '.join(model_names())}, or tv:NAME "
+            f"unknown model {shown}; choose one of: {', '.join(model_names())}, or tv:NAME "
             "for a torchvision classifier"
         )
-    return _REGISTRY[name](in_channels, image_size, num_classes, width)
+    return MODELS.get(name)(in_channels, image_size, num_classes, width)
 
 
 def _w(c: int, width: float) -> int:

@@ -9,7 +9,7 @@ import torch
 from _require import require
 
 import lilnetx
-from lilnetx.data import DEBIAN_FASHION_MNIST
+from lilnetx.sources import DEBIAN_FASHION_MNIST
 
 TEST_THREADS = int(os.environ.get("LILNETX_TEST_THREADS", "1"))
 """Intra-op threads of the test process and (through ``OMP_NUM_THREADS``) of the processes tests

@@ -17,8 +17,6 @@ from torch.utils.data import Subset, TensorDataset
 from torchvision import datasets
 
 from lilnetx.data import (
-    DEBIAN_FASHION_MNIST,
-    IMAGE_FOLDER_SIZE,
     DataInfo,
     cifar_augment,
     create_dataset,
@@ -27,6 +25,7 @@ from lilnetx.data import (
     num_batches,
 )
 from lilnetx.errors import ConfigError, DataError
+from lilnetx.sources import DEBIAN_FASHION_MNIST, IMAGE_FOLDER_SIZE
 
 
 def _indices(ds: Subset) -> list[int]:
@@ -184,7 +183,7 @@ def test_explicit_root_is_not_bypassed(tmp_path):
 
 
 def test_fashion_mnist_falls_back_to_cache(tmp_path, monkeypatch):
-    import lilnetx.data as data
+    import lilnetx.sources as data
 
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
     monkeypatch.setattr(data, "CACHE_ROOT", str(tmp_path / "cache"))

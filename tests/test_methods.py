@@ -17,8 +17,12 @@ from lilnetx.train import TrainConfig
 
 
 def spec(method, **kw):
+    """A LeNet-5 digits run; keywords other than epochs and init_from are the method's own
+    parameters (RunSpec.options)."""
     train = TrainConfig(epochs=kw.pop("epochs", 6), batch_size=64, lr=1e-2, seed=0)
-    return RunSpec(model="lenet5", dataset="digits", method=method, train=train, **kw)
+    init = kw.pop("init_from", None)
+    return RunSpec(model="lenet5", dataset="digits", method=method, train=train, options=kw,
+                   init_from=init)
 
 
 @pytest.fixture(scope="module")

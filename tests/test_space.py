@@ -23,7 +23,7 @@ from _require import require
 
 import lilnetx
 from explorer.cli import main
-from explorer.space import OBJECTIVES, PARAM_KEYS, SAMPLERS, SearchSpace, load_space
+from explorer.space import SearchSpace, load_space, objective_names, param_keys, sampler_names
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -86,10 +86,10 @@ def test_shipped_space_validates(path: Path):
     assert isinstance(space, SearchSpace)
     assert space.source == path.read_text(encoding="utf-8")
     assert 2 <= len(space.objectives) <= 3
-    assert set(space.objectives) <= set(OBJECTIVES)
+    assert set(space.objectives) <= set(objective_names())
     assert set(space.objectives.values()) <= {"max", "min"}
-    assert space.sampler in SAMPLERS
-    assert set(space.params) <= set(PARAM_KEYS)
+    assert space.sampler in sampler_names()
+    assert set(space.params) <= set(param_keys())
     assert space.searched(), "a shipped space should search at least one parameter"
     assert space.num_samples >= 1 and space.max_concurrent >= 1
 
@@ -210,7 +210,7 @@ BAD: dict[str, Bad] = {
                            ("'svhn'", "fashion_mnist", "cifar10", "imagefolder:PATH")),
     "unknown-method": Bad(doc_with(method="prune"), "method:", ("'prune'", "lilnetx", "imp")),
     "unknown-sampler": Bad(doc_with(**{"search.sampler": "cmaes"}), "search.sampler:",
-                           ("'cmaes'", *SAMPLERS)),
+                           ("'cmaes'", *sampler_names())),
     "unknown-search-key": Bad(
         doc_with(**{"search.trials": 3}), "search:", ("'trials'", "sampler", "num_samples")),
     "unknown-objective": Bad(doc_with(**{"objectives.top5_accuracy": "max"}), "objectives:",

@@ -68,7 +68,7 @@ def test_missing_image_folder(tmp_path, capsys):
 
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, capsys, monkeypatch):
     """What `make demo` prints on a machine without Debian's data set and without internet."""
-    from lilnetx import data
+    from lilnetx import sources as data
 
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
     monkeypatch.setattr(data, "CACHE_ROOT", str(tmp_path / "cache"))

@@ -1,0 +1,36 @@
+"""``imp``: iterative magnitude pruning with retraining ("Back to Basics", Zimmer et al. 2021;
+method.md sec. 7) from a dense network, then the nonzeros quantized to ``bits``; the
+entropy-coded zero symbol is the sparsity pattern."""
+
+from __future__ import annotations
+
+from ..imp import SCHEDULES, imp
+from .base import Param, register_method
+from .dense import train_or_start
+from .quant import BITS, Quantized
+
+
+@register_method
+class IMP(Quantized):
+    name = "imp"
+    summary = ("iterative global magnitude pruning with retraining, nonzeros quantized to "
+               "`bits` (Zimmer et al. 2021)")
+    params = (
+        BITS,
+        Param("target_sparsity", float, 0.9, "final fraction of pruned weights", low=0.0,
+              high=1.0, high_open=True),
+        Param("phases", int, 3, "prune-retrain phases", low=1, high=100),
+        Param("retrain_epochs", int, 1, "retraining epochs per phase", low=0, high=10_000),
+        Param("schedule", str, "SLR", "retraining learning-rate schedule", choices=SCHEDULES),
+    )
+    default_lr = 1e-3
+
+    def train(self, model, splits, cfg, progress, *, init=None):
+        result = train_or_start(model, splits, cfg, progress, init)
+        o = self.options
+        res = imp(model, splits, cfg, target_sparsity=o["target_sparsity"], phases=o["phases"],
+                  retrain_epochs=o["retrain_epochs"], schedule=o["schedule"], progress=progress)
+        result.history += res.history
+        result.seconds += res.seconds
+        self.quantize(model)
+        return result
