@@ -144,6 +144,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--no-latency", action="store_true")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_slim)
+    for what in ("models", "datasets", "methods"):
+        r = sub.add_parser(what, help=f"list the installed {what} (plugins included) and the "
+                           "parameters each takes")
+        r.add_argument("--json", action="store_true")
+        r.set_defaults(func=cmd_registry, registry=what)
     _plugin_commands(sub)
     return p
 
@@ -421,6 +426,59 @@ def cmd_slim(args: argparse.Namespace) -> dict:
     if args.onnx:
         metrics["onnx_path"] = args.onnx
     return metrics
+
+
+def _first_line(obj) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def registry_listing(what: str) -> list[dict]:
+    """What ``lilnetx models|datasets|methods`` lists: one entry per registered name."""
+    if what == "methods":
+        from lilnetx.methods import METHODS
+
+        return [{"name": n, "summary": cls.summary, "default_lr": cls.default_lr,
+                 "accepts_init": cls.accepts_init, "source": cls.__module__,
+                 "params": [{"name": p.name, "type": p.kind.__name__, "default": p.default,
+                             "range": p.range_text(), "help": p.help} for p in cls.params]}
+                for n, cls in METHODS.items()]
+    if what == "models":
+        from lilnetx.models import MODELS
+
+        rows = [{"name": n, "summary": _first_line(fn), "source": fn.__module__,
+                 "params": [{"name": "width", "type": "float", "default": 1.0,
+                             "help": "channel width multiplier"}]}
+                for n, fn in MODELS.items()]
+        rows.append({"name": "tv:NAME", "summary": "any torchvision classifier "
+                     "(torchvision.models.list_models())", "source": "torchvision",
+                     "params": []})
+        return rows
+    from lilnetx.data import DATASETS, dataset_names
+
+    shown = dict(zip(DATASETS.names(), dataset_names(), strict=True))
+    return [{"name": shown[n], "summary": _first_line(fn), "source": fn.__module__,
+             "params": [{"name": "data_root", "type": "str", "default": None,
+                         "help": "folder of the files"}] if ":" not in shown[n] else []}
+            for n, fn in DATASETS.items()]
+
+
+def cmd_registry(args: argparse.Namespace) -> dict | None:
+    rows = registry_listing(args.registry)
+    if args.json:
+        return {args.registry: rows}
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"installed {args.registry}")
+    for col in ("name", "parameters", "what it is"):
+        t.add_column(col)
+    for r in rows:
+        params = ", ".join(f"{p['name']}={p['default']}" + (f" {p['range']}" if p.get("range")
+                                                           else "") for p in r["params"])
+        t.add_row(r["name"], params or "-", r["summary"])
+    Console().print(t)
+    return None
 
 
 def _print_summary(summary: dict) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 def search_metric(objective: str) -> str:
     """The metric a searched objective is measured by (the metric registry's ``searched_as``):
     accuracy is selected on the validation split so that a sweep never selects on the test

@@ -12,10 +12,14 @@ from .base import (
     method_names,
     register_method,
 )
+
+# Import order is registration order: the CLI and the dashboard list lilnetx first.
+# isort: off
+from .lilnetx import LilNetX
 from .dense import Dense
-from .imp import IMP
-from .lilnetx import LilNetX  # noqa: I001  (registration order: lilnetx first)
 from .quant import Quant
+from .imp import IMP
+# isort: on
 
 __all__ = ["IMP", "METHODS", "Dense", "LilNetX", "Method", "Param", "Quant", "all_params",
            "create_method", "method_class", "method_names", "register_method"]
