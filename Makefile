@@ -12,7 +12,7 @@ $(BIN)/python:
 # torch and torchvision first, pinned, from pip (this machine has exactly those wheels on disk).
 $(STAMP): pyproject.toml $(BIN)/python
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[all,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -18,7 +18,10 @@ def register(sub) -> None:
 
 def cmd_dashboard(args: argparse.Namespace) -> None:
     from explorer import tracking
+    from explorer.cli import require_extra
     from lilnetx.errors import ConfigError
+
+    require_extra("dashboard", "dashboard")
 
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 1..65535, but got {args.port}")

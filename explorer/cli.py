@@ -153,6 +153,23 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
+EXTRAS = {"sweep": ("ray", "optuna", "optuna_integration", "mlflow", "yaml", "jsonschema"),
+          "dashboard": ("dash", "plotly", "pandas", "mlflow", "optuna")}
+"""The packages of each ``pyproject.toml`` extra that commands need."""
+
+
+def require_extra(extra: str, command: str) -> None:
+    """:class:`UsageError` (exit 2) naming the extra to install when one of its packages is
+    missing: the core install trains and decodes models without Ray, MLflow or Dash."""
+    import importlib.util
+
+    missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"`lilnetx {command}` needs the [{extra}] extra (missing: "
+                         f"{', '.join(missing)}); install it with: pip install "
+                         f"'lilnetx-explorer[{extra}]'")
+
+
 def _method_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per method parameter of the method registry (``--bits``, ``--schedule``...),
     unset by default so the method's own default applies."""
@@ -316,6 +333,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 
 
 def cmd_sweep(args: argparse.Namespace) -> dict | None:
+    require_extra("sweep", "sweep")
     from explorer.space import load_space
 
     space = load_space(args.space)  # validated before anything starts
@@ -370,6 +388,7 @@ def _print_front(rows: list[dict], objectives: dict, title: str) -> None:
 
 
 def cmd_pareto(args: argparse.Namespace) -> dict | None:
+    require_extra("sweep", "pareto")
     import json as _json
 
     from explorer import tracking
@@ -409,6 +428,7 @@ def cmd_pareto(args: argparse.Namespace) -> dict | None:
 
 
 def cmd_export(args: argparse.Namespace) -> dict:
+    require_extra("sweep", "export")
     from explorer.registry import check_alias, check_name, export_run
 
     check_name(args.name)

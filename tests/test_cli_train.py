@@ -166,3 +166,39 @@ def test_missing_command_is_bad_input(capsys):
     assert cli.main([]) == 2
     line = _error_line(capsys.readouterr().err)
     assert "command" in line and "--help" in line
+
+
+@pytest.mark.parametrize(("command", "extra", "module"), [
+    (["sweep", "space.yaml"], "sweep", "ray"), (["pareto"], "sweep", "mlflow"),
+    (["export", "0" * 32, "--name", "m"], "sweep", "optuna"),
+    (["dashboard"], "dashboard", "dash")])
+def test_commands_name_the_extra_they_need(command, extra, module, monkeypatch, capsys):
+    """A core install (no [sweep] / [dashboard] extra): the command says what to install."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == module else real(name, *a))
+    assert cli.main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: `lilnetx {command[0]}` needs the [{extra}] extra (missing: {module}); "
+                   f"install it with: pip install 'lilnetx-explorer[{extra}]'")
+
+
+def test_core_commands_import_no_sweep_stack(tmp_path, subprocess_env):
+    """`lilnetx train` and `inspect` work without Ray, MLflow, Optuna and Dash: run with those
+    packages made unimportable."""
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    for name in ("ray", "mlflow", "optuna", "dash", "plotly", "yaml", "jsonschema"):
+        (blocker / f"{name}.py").write_text(f"raise ImportError('{name} is not installed')\n")
+    env = {**subprocess_env, "PYTHONPATH": str(blocker)}
+    out = tmp_path / "m.lnx"
+    proc = subprocess.run([sys.executable, "-m", "explorer.cli", "train", "--model", "mlp",
+                           "--dataset", "digits", "--epochs", "1", "--out", str(out),
+                           "--no-latency", "--json"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-m", "explorer.cli", "inspect", str(out), "--json"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["size_bytes"] == out.stat().st_size
