@@ -35,14 +35,16 @@ def inspect(path: str | os.PathLike) -> dict:
     ``shape``, ``params``, ``bits``, ``weight_sparsity`` (zero decoded weights),
     ``latent_sparsity`` (zero latents), ``slice_sparsity``, ``out_channels_kept``), and totals
     ``weight_sparsity`` and ``slice_sparsity``.
+
+    Raises :class:`lilnetx.FormatError` for a file ``load`` refuses, with the same bounds on time
+    and memory (:mod:`lilnetx.limits`).
     """
     c = read(path)
     dec = decode_file(c)
     weights = dict(dec.net.named_modules())
     layers, info_total = [], 0.0
     zeros = params = zero_slices = slices = 0
-    for entry in c.index["layers"]:
-        name, g, shape = entry["name"], entry["group"], tuple(entry["shape"])
+    for name, g, shape in dec.layers:  # the index's layers, checked against the architecture
         lat = dec.latents[name]
         w = weights[name].weight.detach()
         bits = sum(codec.information_bits(lat[:, ch], t["lo"], t["freqs"])
