@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from explorer import tracking
 from explorer.pareto import search_metric
+from lilnetx.errors import LilNetXError
 
 
 def axis_metrics() -> list[str]:
@@ -30,7 +31,7 @@ def direction(name: str) -> str:
     return METRICS.get(name).direction if name in METRICS else "min"
 
 
-class DashboardDataError(Exception):
+class DashboardDataError(LilNetXError):
     """Something the page should say instead of drawing."""
 
 

@@ -12,10 +12,12 @@ import math
 import sys
 from collections.abc import Callable
 
+from lilnetx.errors import ConfigError
+
 EXIT_BAD_INPUT = 2
 
 
-class UsageError(Exception):  # also raised by plugin commands
+class UsageError(ConfigError):  # also raised by plugin commands
     """Bad command-line usage (exit code 2)."""
 
 

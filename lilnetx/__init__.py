@@ -10,34 +10,46 @@ Public API::
 Units: rates are **bits**, file sizes **bytes**, sparsities fractions in [0, 1].
 """
 
-from .data import (
-    DataInfo,
-    DataSplits,
-    create_dataset,
-    dataset_names,
-    iterate_batches,
-    register_dataset,
-    splits_from_arrays,
-)
-from .errors import ConfigError, DataError, FormatError, LilNetXError
-from .experiment import RunSpec, run
-from .fileformat import load, save
-from .latent import GroupDecoder, LatentConv2d, LatentLinear, round_ste
-from .methods import Method, Param, create_method, method_names, register_method
-from .metrics import Metric, metric, metric_names, register_metric
-from .model import LilNetXModel, convert, decode
-from .models import create_model, model_names, register_model
-from .slimming import count_macs, slim
-from .stats import LayerStats, layer_stats, summarize
-from .train import TrainConfig, TrainingDiverged, evaluate_accuracy, fit, pick_device
+from __future__ import annotations
 
-__all__ = [
-    "ConfigError", "DataError", "DataInfo", "DataSplits", "FormatError", "GroupDecoder",
-    "LatentConv2d", "LatentLinear", "LayerStats", "LilNetXError", "LilNetXModel", "Method",
-    "Metric", "Param", "RunSpec", "TrainConfig", "TrainingDiverged", "convert", "count_macs",
-    "create_dataset", "create_method", "create_model", "dataset_names", "decode",
-    "evaluate_accuracy", "fit", "iterate_batches", "layer_stats", "load", "method_names",
-    "metric", "metric_names", "model_names", "pick_device", "register_dataset",
-    "register_method", "register_metric", "register_model", "round_ste", "run", "save", "slim",
-    "splits_from_arrays", "summarize",
-]
+import importlib
+from typing import Any
+
+_API = {
+    "data": ("DataInfo", "DataSplits", "create_dataset", "dataset_names", "iterate_batches",
+             "register_dataset", "splits_from_arrays"),
+    "errors": ("ConfigError", "DataError", "FormatError", "LilNetXError"),
+    "experiment": ("RunSpec", "run"),
+    "fileformat": ("load", "save"),
+    "latent": ("GroupDecoder", "LatentConv2d", "LatentLinear", "round_ste"),
+    "methods": ("Method", "Param", "create_method", "method_names", "register_method"),
+    "metrics": ("Metric", "metric", "metric_names", "register_metric"),
+    "model": ("LilNetXModel", "convert", "decode"),
+    "models": ("create_model", "model_names", "register_model"),
+    "slimming": ("count_macs", "slim"),
+    "stats": ("LayerStats", "layer_stats", "summarize"),
+    "train": ("TrainConfig", "TrainingDiverged", "evaluate_accuracy", "fit", "pick_device"),
+}
+"""Public names by the module that defines them. They are imported on first use (PEP 562), so
+``import lilnetx.errors`` or ``lilnetx --help`` does not pay for importing torch."""
+_WHERE = {name: module for module, names in _API.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    else:
+        try:
+            value = importlib.import_module(f".{name}", __name__)  # a submodule
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import constriction
 import numpy as np
 
+from .errors import FormatError
+
 TABLE_PRECISION = 16
 """Frequencies of one table sum to exactly ``2**TABLE_PRECISION``."""
 
@@ -23,7 +25,7 @@ def _model(freqs: np.ndarray):
 def _check(symbols: np.ndarray, lo: int, freqs: np.ndarray) -> np.ndarray:
     idx = np.asarray(symbols, dtype=np.int64) - lo
     if idx.size and (idx.min() < 0 or idx.max() >= len(freqs)):
-        raise ValueError("symbol outside the table's range")
+        raise FormatError("a symbol lies outside its probability table's range")
     return idx.astype(np.int32)
 
 
@@ -55,7 +57,7 @@ def decode(words: np.ndarray, segments: list[tuple[int, int, np.ndarray]]) -> li
         idx = coder.decode(_model(freqs), count)
         out.append(idx.astype(np.int64) + lo)
     if not coder.is_empty():
-        raise ValueError("stream holds more data than the index describes")
+        raise FormatError("the latent stream holds more data than the index describes")
     return out
 
 

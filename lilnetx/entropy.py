@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import FormatError
+
 LIKELIHOOD_FLOOR = 1e-9
 """Smallest probability the rate term uses, so a rare latent costs at most ~29.9 bits."""
 
@@ -111,7 +113,8 @@ class FactorizedPrior(nn.Module):
             lo_c, hi_c = int(lo[c]), int(hi[c])
             n = hi_c - lo_c + 1
             if n > total // 2:
-                raise ValueError(f"symbol range {n} too wide for {precision}-bit tables")
+                raise FormatError(f"latents of channel {c} span {n} integers, too wide for "
+                                  f"{precision}-bit probability tables (at most {total // 2})")
             grid = torch.arange(lo_c, hi_c + 1, device=device, dtype=torch.float32)
             x = torch.zeros(self.channels, n, device=device)
             x[c] = grid

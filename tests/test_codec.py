@@ -7,6 +7,7 @@ import pytest
 
 from lilnetx import codec
 from lilnetx.entropy import _quantize_pmf
+from lilnetx.errors import FormatError
 
 TOTAL = 1 << codec.TABLE_PRECISION
 
@@ -106,28 +107,28 @@ def test_information_bits_matches_a_direct_computation():
 
 
 @pytest.mark.parametrize("bad", [-4, 3, 100, -1000])
-def test_symbol_outside_the_range_raises_value_error(bad):
+def test_symbol_outside_the_range_raises_format_error(bad):
     t = _table(np.random.default_rng(5), 6)  # symbols -3 .. 2
     s = np.array([0, 1, -3, 2, bad])
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(FormatError, match="outside"):
         codec.encode([(s, -3, t)])
-    with pytest.raises(ValueError):
+    with pytest.raises(FormatError):
         codec.encode([(np.array([0, 1]), -3, t), (s, -3, t)])
 
 
-def test_decode_of_a_stream_with_extra_data_raises_value_error():
+def test_decode_of_a_stream_with_extra_data_raises_format_error():
     rng = np.random.default_rng(6)
     t = _table(rng, 11)
     a, b = _sample(rng, t, -5, 400), _sample(rng, t, -5, 400)
     words = codec.encode([(a, -5, t), (b, -5, t)])
     # the index describes fewer symbols than the stream holds
-    with pytest.raises(ValueError):
+    with pytest.raises(FormatError):
         codec.decode(words, [(400, -5, t)])
-    with pytest.raises(ValueError):
+    with pytest.raises(FormatError):
         codec.decode(words, [(400, -5, t), (100, -5, t)])
     # a stream of segment `a` alone with another stream's words appended
     only_a = codec.encode([(a, -5, t)])
-    with pytest.raises(ValueError):
+    with pytest.raises(FormatError):
         codec.decode(np.concatenate([only_a, codec.encode([(b, -5, t)])]), [(400, -5, t)])
     # sanity: the exact description decodes
     np.testing.assert_array_equal(codec.decode(only_a, [(400, -5, t)])[0], a)

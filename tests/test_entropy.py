@@ -10,6 +10,7 @@ import torch
 
 import lilnetx
 from lilnetx.entropy import LIKELIHOOD_FLOOR, FactorizedPrior
+from lilnetx.errors import FormatError
 
 
 def _randomized(channels: int, seed: int, spread: float = 1.0) -> FactorizedPrior:
@@ -148,7 +149,7 @@ def test_quantized_tables_other_precision_and_too_wide_range():
     prior = FactorizedPrior(1)
     (t,) = prior.quantized_tables(np.array([-20]), np.array([20]), precision=12)
     assert int(t.sum()) == 2 ** 12 and t.min() >= 1 and t.dtype == np.uint32
-    with pytest.raises(ValueError, match="too wide"):
+    with pytest.raises(FormatError, match="too wide"):
         prior.quantized_tables(np.array([-40000]), np.array([40000]))
 
 
