@@ -69,3 +69,16 @@ def information_bits(symbols: np.ndarray, lo: int, freqs: np.ndarray) -> float:
     p = freqs.astype(np.float64) / float(1 << TABLE_PRECISION)
     nz = counts > 0
     return float(-(counts[nz] * np.log2(p[nz])).sum())
+
+
+def empirical_table(symbols: np.ndarray) -> tuple[int, np.ndarray]:
+    """(lowest symbol, frequency table) of the empirical histogram of integer ``symbols``:
+    every symbol from the lowest to the highest present gets a frequency of at least 1 and the
+    table sums to ``2**TABLE_PRECISION`` (what a file stores for integers coded under their own
+    histogram, as the quant and imp baselines are)."""
+    from .entropy import _quantize_pmf
+
+    flat = np.asarray(symbols, dtype=np.int64).reshape(-1)
+    lo, hi = int(flat.min()), int(flat.max())
+    counts = np.bincount(flat - lo, minlength=hi - lo + 1).astype(np.float64)
+    return lo, _quantize_pmf(counts / counts.sum(), 1 << TABLE_PRECISION)

@@ -167,6 +167,6 @@ def finalize(outcome: RunOutcome, path: str, *, latency: bool = True,
     metrics, outcome.slim = write_and_measure(
         outcome.model, outcome.plain, path, dense_bytes=outcome.summary["dense_bytes"],
         latency=latency, onnx_path=onnx_path, arch=outcome.arch,
-        quantized=getattr(outcome.method, "quantized", None))
+        encode=outcome.method.encode if outcome.method is not None else None)
     outcome.summary.update(metrics)
     return outcome.summary

@@ -74,14 +74,19 @@ def latency_metrics(slim_net: nn.Module, plain: nn.Module,
 
 def write_and_measure(model, plain: nn.Module, path: str | os.PathLike, *,
                       dense_bytes: int, latency: bool = True, onnx_path: str | None = None,
-                      arch: dict | None = None, quantized: dict | None = None
-                      ) -> tuple[dict, nn.Module]:
+                      arch: dict | None = None, quantized: dict | None = None,
+                      encode=None) -> tuple[dict, nn.Module]:
     """Save ``model`` as ``.lnx`` at ``path``; size, compression and slim metrics, and the slim
-    network."""
+    network. ``encode(model, arch) -> bytes`` (a method's encoder) makes the file's bytes;
+    without it :func:`lilnetx.fileformat.save` stores the model by its kind."""
     parent = os.path.dirname(os.path.abspath(os.fspath(path)))
     os.makedirs(parent, exist_ok=True)
     arch = arch or model.arch
-    size = fileformat.save(model, path, arch=arch, quantized=quantized)
+    if encode is None:
+        size = fileformat.save(model, path, arch=arch, quantized=quantized)
+    else:
+        fileformat.check_architecture(arch)  # never encode a network load would refuse
+        size = fileformat.write(encode(model, arch), path)
     out = {"size_bytes": size, "compression_ratio": dense_bytes / size, "model_path": os.fspath(path)}
     slim_net, metrics = slim_metrics(plain, arch, latency=latency, onnx_path=onnx_path)
     out.update(metrics)

@@ -15,6 +15,7 @@ the bytes it is about to write, so it never writes a file that ``load`` refuses.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from torch import nn
 from . import codec
 from .archspec import build_from_arch, check_architecture, meta_network
 from .container import MAGIC, SECTIONS, VERSION, Container, pack, parse, read, zjson
-from .errors import FormatError
+from .errors import DataError, FormatError
 from .latent import decode_exact
 from .limits import short
 from .model import LilNetXModel, convertible_layers, decode
@@ -103,14 +104,12 @@ def encode_plain(net: nn.Module, arch: dict, quantized: dict | None = None) -> b
     """The ``.lnx`` bytes of a plain network: layers in ``quantized`` (from
     :func:`lilnetx.quant.quantize_layers`) as entropy-coded integers with a float32 scale each,
     everything else as float32 (``quantized=None``: the dense fp32 reference)."""
-    from .quant import tables_for
-
     if not arch:
         raise FormatError("a plain network needs an architecture description (arch=...)")
     quantized = quantized or {}
     index: dict = {"layers": [], "groups": [], "floats": [], "decoders": [], "codec": "quant"}
     tables, segments, dec = [], [], []
-    tabs = tables_for(quantized)
+    tabs = {name: codec.empirical_table(sym) for name, (sym, _) in quantized.items()}
     for name, layer in convertible_layers(net):
         if name not in quantized:
             continue
@@ -153,19 +152,35 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict | None = None,
             raise FormatError("a plain network needs an architecture description (arch=...)")
     else:
         raise FormatError(f"save expects an nn.Module, got {type(model).__name__}")
-    path = os.fspath(path)
     try:
-        meta, _ = meta_network(arch)
+        meta_network(arch)  # before encoding: a network over the budget is never encoded
         data = (encode_model(model, arch) if isinstance(model, LilNetXModel)
                 else encode_plain(model, arch, quantized))
-        c = parse(data)  # the reader's own checks, on the bytes about to be written
+    except FormatError as e:
+        raise FormatError(f"refusing to write {short(os.fspath(path))}: {e}") from None
+    return write(data, path)
+
+
+def write(data: bytes, path: str | os.PathLike) -> int:
+    """Write encoded ``.lnx`` bytes (a method's :meth:`~lilnetx.methods.Method.encode`) to
+    ``path`` after the reader's own checks on them; returns the size in **bytes**. The file is
+    written to a temporary name and renamed, so a reader never sees half a file."""
+    path = os.fspath(path)
+    try:
+        c = parse(data)
+        meta, _ = meta_network(c.arch)
         check_finite(c, plan_of(c, meta))
     except FormatError as e:
         raise FormatError(f"refusing to write {short(path)}: {e}") from None
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise DataError(f"cannot write {short(path)}: {e.strerror or e}") from None
     return len(data)
 
 

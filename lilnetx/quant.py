@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from . import codec
-from .entropy import _quantize_pmf
 from .errors import ConfigError
 from .latent import decode_exact
 from .model import convertible_layers
@@ -57,13 +56,7 @@ def apply_quantization(net: nn.Module, q: dict[str, tuple[np.ndarray, np.float32
 
 def tables_for(q: dict[str, tuple[np.ndarray, np.float32]]) -> dict[str, tuple[int, np.ndarray]]:
     """Per layer: (lowest symbol, frequency table of the empirical histogram)."""
-    out = {}
-    total = 1 << codec.TABLE_PRECISION
-    for name, (sym, _) in q.items():
-        lo, hi = int(sym.min()), int(sym.max())
-        counts = np.bincount(sym[:, 0] - lo, minlength=hi - lo + 1).astype(np.float64)
-        out[name] = (lo, _quantize_pmf(counts / counts.sum(), total))
-    return out
+    return {name: codec.empirical_table(sym) for name, (sym, _) in q.items()}
 
 
 def information_bits(q: dict[str, tuple[np.ndarray, np.float32]]) -> float:
