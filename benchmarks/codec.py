@@ -3,12 +3,12 @@
 (a) **Efficiency.** Real files written by :func:`lilnetx.fileformat.save` for models built the way
 the library builds them (:func:`lilnetx.experiment.build`: create, :func:`lilnetx.convert`,
 architecture description), once with the latents as initialized and once with most slices zeroed.
-:func:`lilnetx.report.inspect` gives the latent payload, the information content of the latents
+:func:`lilnetx.fileformat.report.inspect` gives the latent payload, the information content of the latents
 under the tables stored in the file and their ratio (``coding_efficiency``, target <= 1.01); the
 rest of the file (tables, decoders, BatchNorm and biases, architecture, header) is reported
 separately as overhead.
 
-(b) **Speed.** :func:`lilnetx.codec.encode` and :func:`lilnetx.codec.decode` on a ResNet-50-sized
+(b) **Speed.** :func:`lilnetx.fileformat.codec.encode` and :func:`lilnetx.fileformat.codec.decode` on a ResNet-50-sized
 latent set (the kernel-shape groups of torchvision's ResNet-50, ~25.5M latents; 3x3 and 7x7 rows
 with ~80% zero slices and small integers elsewhere, 1x1 and dense groups of small integers, tables
 fitted to the symbols), on one core (process pinned to one CPU, torch/BLAS threads 1), repeated,
@@ -44,14 +44,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import command_line, machine, machine_line, write_section  # noqa: E402
 
-from lilnetx import codec, fileformat  # noqa: E402
+from lilnetx import fileformat  # noqa: E402
+from lilnetx.core.entropy import _quantize_pmf  # noqa: E402
+from lilnetx.core.latent import group_key  # noqa: E402
+from lilnetx.core.model import LilNetXModel, decode  # noqa: E402
 from lilnetx.data import DataInfo, DataSplits  # noqa: E402
-from lilnetx.entropy import _quantize_pmf  # noqa: E402
 from lilnetx.experiment import RunSpec, build  # noqa: E402
-from lilnetx.latent import group_key  # noqa: E402
-from lilnetx.model import LilNetXModel, convertible_layers, decode  # noqa: E402
+from lilnetx.fileformat import codec  # noqa: E402
+from lilnetx.fileformat.report import inspect  # noqa: E402
+from lilnetx.layers import convertible_layers  # noqa: E402
 from lilnetx.models import create_model  # noqa: E402
-from lilnetx.report import inspect  # noqa: E402
 
 SECTION = "codec"
 TARGET_EFFICIENCY = 1.01
@@ -303,7 +305,7 @@ def markdown(results: dict, command: str) -> str:
     sp, fs = results["codec_speed"], results["file_speed"]
     worst = max(r["coding_efficiency"] for r in eff)
     lines = [
-        "## Entropy coding: efficiency and speed (`lilnetx.codec`, `.lnx` files)",
+        "## Entropy coding: efficiency and speed (`lilnetx.fileformat.codec`, `.lnx` files)",
         "",
         machine_line(m) + f" Timings pinned to CPU {st['pinned_cpu']}.",
         f"Load average before / after the run: {st['loadavg_before']} / {st['loadavg_after']}"
@@ -317,7 +319,7 @@ def markdown(results: dict, command: str) -> str:
         "",
         "### Coding efficiency",
         "",
-        "Files written by `lilnetx.fileformat.save`, read back by `lilnetx.report.inspect`. "
+        "Files written by `lilnetx.fileformat.save`, read back by `lilnetx.fileformat.report.inspect`. "
         "Efficiency = latent payload bytes / (information content of the latents under the "
         "tables stored in the file / 8); 1.0 is the entropy bound for those tables. Overhead = "
         "every byte of the file except the latent payload (tables, decoders, BatchNorm/biases, "
@@ -358,7 +360,7 @@ def markdown(results: dict, command: str) -> str:
         "",
         "### Codec speed (one core)",
         "",
-        f"`lilnetx.codec.encode` / `decode` of a ResNet-50-sized latent set: "
+        f"`lilnetx.fileformat.codec.encode` / `decode` of a ResNet-50-sized latent set: "
         f"{sp['symbols']:,} integer latents in {sp['segments']} segments (one per group channel); "
         "3x3 and 7x7 rows with ~80% zero slices and rounded Laplace(0, 1) integers in [-8, 8] "
         "elsewhere, 1x1 and dense groups of the same small integers; tables fitted to the "

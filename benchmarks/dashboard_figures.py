@@ -112,7 +112,7 @@ def populate(uri: str, n: int, seed: int = 0) -> dict:
         t = start + 1000 + i * 30_000
         tags = {tracking.TAG_PARENT: parent.info.run_id, tracking.TAG_SWEEP: SWEEP,
                 tracking.TAG_METHOD: method, tracking.TAG_ROLE: "trial",
-                tracking.TAG_TRIAL: str(i), "lilnetx.model": "lenet5",
+                tracking.TAG_TRIAL: str(i), "lilnetx.core.model": "lenet5",
                 "lilnetx.dataset": "fashion_mnist"}
         run = c.create_run(exp_id, run_name=f"{SWEEP}-t{i:03d}", start_time=t, tags=tags)
         ms = [Metric(k, float(v), t + 1000 * e, e) for k, vs in curves.items()

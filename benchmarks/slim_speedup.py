@@ -44,9 +44,9 @@ from lilnetx import (  # noqa: E402
     slim,
 )
 from lilnetx import run as run_training  # noqa: E402
-from lilnetx.export import example_input, out_channels, slim_metrics  # noqa: E402
-from lilnetx.latency import torch_threads  # noqa: E402
-from lilnetx.slimming import zero_dead_reads  # noqa: E402
+from lilnetx.deploy.export import example_input, out_channels, slim_metrics  # noqa: E402
+from lilnetx.deploy.latency import torch_threads  # noqa: E402
+from lilnetx.deploy.slimming import zero_dead_reads  # noqa: E402
 from lilnetx.stats import layer_stats  # noqa: E402
 
 SECTION = "slim"
@@ -327,7 +327,7 @@ def markdown(res: dict, command: str) -> str:
             f"`slim` is `lilnetx.slim` as shipped: it first drops {wi['reads_dropped']} reads of "
             "dead channels (a channel whose every writer has an all-zero weight slice, so that "
             "BatchNorm and ReLU make it a constant, and the constant is exactly 0: "
-            "`lilnetx.slimming.zero_dead_reads`), then removes every channel no layer reads. "
+            "`lilnetx.deploy.slimming.zero_dead_reads`), then removes every channel no layer reads. "
             f"`{UNREAD_ONLY}` is the same without dropping dead reads "
             "(`slim(..., drop_dead=False)`), for reference: "
             f"{wi['channel_sparsity']:.4f} of the output channels removed, {wi['flops']:,} MACs "

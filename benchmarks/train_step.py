@@ -47,9 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
 
 from lilnetx import create_model
-from lilnetx.latent import round_ste
-from lilnetx.model import LilNetXModel, convert
-from lilnetx.priors import l2_prior, slice_group_lasso
+from lilnetx.core.latent import round_ste
+from lilnetx.core.model import LilNetXModel, convert
+from lilnetx.core.priors import l2_prior, slice_group_lasso
 from lilnetx.train import TrainConfig, joint_loss, make_optimizers
 
 SECTION = "train_step"

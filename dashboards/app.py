@@ -138,7 +138,7 @@ def _details(uri: str, cache: ArtifactCache, run_id: str):
     except (DashboardDataError, OSError, KeyError, IndexError, ValueError) as e:
         parts.append(html.P(f"no per-layer table: {e}"))
     try:
-        from lilnetx.report import inspect
+        from lilnetx.fileformat.report import inspect
 
         rep = inspect(cache.get(run_id, "model.lnx"))
         parts += [html.H4(f"File: {rep['size_bytes']:,} bytes"),

@@ -283,7 +283,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
 
 
 def cmd_inspect(args: argparse.Namespace) -> dict | None:
-    from lilnetx.report import inspect
+    from lilnetx.fileformat.report import inspect
 
     report = inspect(args.file)
     if args.json:
@@ -440,7 +440,7 @@ def cmd_export(args: argparse.Namespace) -> dict:
 
 def cmd_slim(args: argparse.Namespace) -> dict:
     from lilnetx import fileformat
-    from lilnetx.export import slim_metrics
+    from lilnetx.deploy.export import slim_metrics
 
     c = fileformat.read(args.file)
     net = fileformat.build_network(c)

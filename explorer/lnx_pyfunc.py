@@ -26,7 +26,7 @@ class LnxModel(mlflow.pyfunc.PythonModel):
         import torch
 
         from lilnetx.errors import ConfigError
-        from lilnetx.limits import short
+        from lilnetx.fileformat.limits import short
 
         expected = f"(N, {', '.join(map(str, self.input_shape))}) float32"
         try:

@@ -112,7 +112,7 @@ def check_model(model: str, info, width: float, field: str) -> None:
     batch of 2 through, and check its architecture against the ``.lnx`` parameter budget."""
     import torch
 
-    from lilnetx.archspec import check_architecture, registry_arch
+    from lilnetx.fileformat.archspec import check_architecture, registry_arch
     from lilnetx.models import create_model
 
     what = f"{info.channels}x{info.height}x{info.width}, {info.num_classes} classes"

@@ -53,7 +53,7 @@ def run_trial(config: dict, ctx: dict) -> dict:
     c = tracking.client(uri)
     tags = {tracking.TAG_PARENT: ctx["parent_run_id"], tracking.TAG_SWEEP: ctx["sweep"],
             tracking.TAG_METHOD: ctx["method"], tracking.TAG_ROLE: "trial",
-            tracking.TAG_TRIAL: str(trial_no), "lilnetx.model": describe(ctx["model"]),
+            tracking.TAG_TRIAL: str(trial_no), "lilnetx.core.model": describe(ctx["model"]),
             "lilnetx.dataset": describe(ctx["dataset"])}
     run = c.create_run(ctx["experiment_id"], tags=tags, run_name=f"{ctx['sweep']}-t{trial_no:03d}")
     run_id = run.info.run_id
@@ -78,7 +78,7 @@ def run_trial(config: dict, ctx: dict) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.lnx")
             summary = finalize(outcome, path, latency=False)
-            from lilnetx.export import example_input, latency_metrics
+            from lilnetx.deploy.export import example_input, latency_metrics
 
             shape = tuple(example_input(outcome.arch).shape[1:])
             with gate.exclusive():  # only the timing itself holds the machine

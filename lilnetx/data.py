@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .errors import ConfigError, DataError, check_positive_int
-from .registry import Registry
+from lilnetx.errors import ConfigError, DataError, check_positive_int
+from lilnetx.registry import Registry
 
 CIFAR_PAD = 4  #: zero padding of the "cifar" random-crop augmentation
 TEST_FRACTION, TEST_SEED = 0.2, 0  #: held-out test split when a source has none (never varies)
@@ -125,7 +125,7 @@ def from_factory(spec: dict, **split) -> DataSplits:
     is called with ``spec["args"]`` and returns :class:`DataSplits`, or the arrays
     ``(x_train, y_train, x_test, y_test)`` (images (N, C, H, W), integer labels (N,)), which
     are normalized by the training pool's statistics and split like a built-in data set."""
-    from .factory import call_factory
+    from lilnetx.factory import call_factory
 
     out = call_factory(spec, "dataset")
     if isinstance(out, DataSplits):

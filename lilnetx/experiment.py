@@ -13,14 +13,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .archspec import registry_arch
-from .data import DataSplits, create_dataset
-from .errors import ConfigError
-from .methods import Method, create_method
-from .model import LilNetXModel
-from .models import create_model
-from .stats import LayerStats, layer_stats, plain_layer_stats, summarize
-from .train import TrainConfig, TrainResult, evaluate_accuracy, pick_device
+from lilnetx.core.model import LilNetXModel
+from lilnetx.data import DataSplits, create_dataset
+from lilnetx.errors import ConfigError
+from lilnetx.fileformat.archspec import registry_arch
+from lilnetx.methods import Method, create_method
+from lilnetx.models import create_model
+from lilnetx.stats import LayerStats, layer_stats, plain_layer_stats, summarize
+from lilnetx.train import TrainConfig, TrainResult, evaluate_accuracy, pick_device
 
 
 @dataclass
@@ -104,7 +104,7 @@ def build(spec: RunSpec, splits: DataSplits, method: Method | None = None) -> nn
 
 def _start_network(spec: RunSpec, model: nn.Module) -> nn.Module:
     """The trained network of ``spec.init_from``, checked to be the run's architecture."""
-    from .fileformat import load
+    from lilnetx.fileformat import load
 
     start = load(spec.init_from)
     if [tuple(p.shape) for p in start.state_dict().values()] != [
@@ -162,7 +162,7 @@ def finalize(outcome: RunOutcome, path: str, *, latency: bool = True,
     ``flops``, ``dense_flops``, ``sparse_flops``, ``channel_sparsity``, ``latency_ms``, ...) and
     sets ``outcome.slim``.
     """
-    from .export import write_and_measure
+    from lilnetx.deploy.export import write_and_measure
 
     metrics, outcome.slim = write_and_measure(
         outcome.model, outcome.plain, path, dense_bytes=outcome.summary["dense_bytes"],

@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import ConfigError
-from .registry import Registry
+from lilnetx.errors import ConfigError
+from lilnetx.registry import Registry
 
 UNITS = ("fraction", "bytes", "ratio", "bits", "macs", "ms", "count")
 

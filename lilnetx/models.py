@@ -12,8 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .registry import Registry
+from lilnetx.errors import ConfigError
+from lilnetx.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "lilnetx.models")
 """Model builders ``f(in_channels, image_size, num_classes, width) -> nn.Module`` by name;
@@ -41,7 +41,7 @@ def create_model(
     if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
         raise ConfigError(f"width must be positive, but got {width!r}")
     if isinstance(name, dict):
-        from .factory import call_factory
+        from lilnetx.factory import call_factory
 
         net = call_factory(name, "model", in_channels=in_channels, image_size=image_size,
                            num_classes=num_classes, width=width)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
-from .data import (
+from lilnetx.data import (
     TEST_FRACTION,
     TEST_SEED,
     DataInfo,
@@ -27,7 +27,7 @@ from .data import (
     register_dataset,
     splits_from_arrays,
 )
-from .errors import ConfigError, DataError
+from lilnetx.errors import ConfigError, DataError
 
 IMAGE_FOLDER_SIZE = 32  #: side length imagefolder images are resized to
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .model import LilNetXModel
+from lilnetx.core.model import LilNetXModel
 
 
 @dataclass
@@ -107,8 +107,8 @@ def summarize(stats: list[LayerStats]) -> dict[str, float]:
 def plain_layer_stats(net, bits: dict[str, float] | None = None) -> list[LayerStats]:
     """:class:`LayerStats` of a plain network's conv and linear layers (``bits`` per layer
     when known, e.g. from quantization; else 32 per weight)."""
-    from .latent import group_key
-    from .model import convertible_layers
+    from lilnetx.core.latent import group_key
+    from lilnetx.layers import convertible_layers
 
     out = []
     for name, layer in convertible_layers(net):

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DataSplits, iterate_batches, num_batches
-from .errors import ConfigError, LilNetXError, check_nonnegative, check_positive_int
-from .model import LilNetXModel
+from lilnetx.core.model import LilNetXModel
+from lilnetx.data import DataSplits, iterate_batches, num_batches
+from lilnetx.errors import ConfigError, LilNetXError, check_nonnegative, check_positive_int
 
 
 class TrainingDiverged(LilNetXError):

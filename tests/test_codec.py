@@ -1,13 +1,13 @@
-"""Tests of lilnetx.codec: ANS coding of integer symbols under stored integer frequency tables."""
+"""Tests of lilnetx.fileformat.codec: ANS coding of integer symbols under stored integer frequency tables."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lilnetx import codec
-from lilnetx.entropy import _quantize_pmf
+from lilnetx.core.entropy import _quantize_pmf
 from lilnetx.errors import FormatError
+from lilnetx.fileformat import codec
 
 TOTAL = 1 << codec.TABLE_PRECISION
 

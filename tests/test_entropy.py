@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import lilnetx
-from lilnetx.entropy import LIKELIHOOD_FLOOR, FactorizedPrior
+from lilnetx.core.entropy import LIKELIHOOD_FLOOR, FactorizedPrior
 from lilnetx.errors import FormatError
 
 

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 import lilnetx
-from lilnetx import FormatError, archspec, fileformat, report
+from lilnetx import FormatError, fileformat
 from lilnetx.data import DataInfo
 from lilnetx.experiment import RunSpec, build, finalize
+from lilnetx.fileformat import archspec, report
 
 # model -> (channels, image size, width); other registered models get DEFAULT
 SHAPES = {

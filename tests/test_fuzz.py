@@ -41,7 +41,8 @@ def make_base_file(path: Path) -> None:
     import torch
 
     import lilnetx
-    from lilnetx import archspec, fileformat
+    from lilnetx import fileformat
+    from lilnetx.fileformat import archspec
 
     torch.manual_seed(0)
     net = lilnetx.create_model("lenet5", in_channels=1, image_size=8, num_classes=10)
@@ -392,7 +393,8 @@ def worker(base_path: str, out_path: str, start: int) -> None:
 
     import torch
 
-    from lilnetx import fileformat, report
+    from lilnetx import fileformat
+    from lilnetx.fileformat import report
 
     torch.set_num_threads(1)
     # cap the address space so that a runaway allocation fails instead of exhausting the machine
@@ -678,7 +680,8 @@ def test_infinite_number_in_the_index_raises_format_error(base_file, tmp_path):
 
 @pytest.mark.parametrize("case", ["unknown group", "missing name", "huge shape"])
 def test_inspect_of_a_bad_index_raises_format_error(base_file, tmp_path, case):
-    from lilnetx import FormatError, report
+    from lilnetx import FormatError
+    from lilnetx.fileformat import report
 
     def edit(doc):
         if case == "unknown group":
@@ -695,7 +698,8 @@ def test_inspect_of_a_bad_index_raises_format_error(base_file, tmp_path, case):
 
 
 def test_symbol_count_bomb_is_rejected_before_decoding(base_file, tmp_path, monkeypatch):
-    from lilnetx import FormatError, codec, fileformat, report
+    from lilnetx import FormatError, fileformat
+    from lilnetx.fileformat import codec, report
 
     real_total = sum(g["rows"] * g["slices"] for g in unzjson(sections_of(
         base_file.read_bytes())[1][1])["groups"])

@@ -37,7 +37,8 @@ import torch
 from test_fuzz import assemble, make_base_file, sections_of, unzjson, zjson
 
 import lilnetx
-from lilnetx import FormatError, LilNetXError, archspec, fileformat, limits
+from lilnetx import FormatError, LilNetXError, fileformat
+from lilnetx.fileformat import archspec, limits
 
 SECONDS = 20
 PEAK_GROWTH_MB = 300
@@ -51,7 +52,7 @@ KIND = {"arch": 1, "index": 2, "tables": 3, "decoders": 4, "floats": 5, "latents
 def make_files(folder: Path) -> dict[str, bytes]:
     """The bytes of three valid files: ``lenet5`` (latent), ``resnet`` (latent, BatchNorm) and
     ``quant`` (a plain lenet5 with 8-bit quantized layers)."""
-    from lilnetx.quant import apply_quantization, quantize_layers
+    from lilnetx.methods.quantize import apply_quantization, quantize_layers
 
     make_base_file(folder / "lenet5.lnx")
     torch.manual_seed(0)
@@ -220,7 +221,8 @@ _CHILD = r"""
 import json, os, resource, sys, time
 import torch
 torch.set_num_threads(1)
-from lilnetx import fileformat, report
+from lilnetx import fileformat
+from lilnetx.fileformat import report
 from lilnetx.errors import FormatError
 
 def status(field):  # kB

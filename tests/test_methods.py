@@ -11,8 +11,8 @@ import torch
 import lilnetx
 from lilnetx import fileformat
 from lilnetx.experiment import RunSpec, finalize, run
-from lilnetx.imp import SCHEDULES, global_sparsity, prune_global, retrain_schedule
-from lilnetx.quant import apply_quantization, quantize_layers
+from lilnetx.methods.pruning import SCHEDULES, global_sparsity, prune_global, retrain_schedule
+from lilnetx.methods.quantize import apply_quantization, quantize_layers
 from lilnetx.train import TrainConfig
 
 
@@ -58,7 +58,7 @@ def test_quant_starting_from_the_dense_run(dense_run, bits, tmp_path):
     assert s["size_bytes"] < dense.summary["size_bytes"] * (bits + 2) / 32
     net = fileformat.load(str(f))
     assert lilnetx.evaluate_accuracy(net, out.splits.test) == s["accuracy"]
-    for name, layer in lilnetx.model.convertible_layers(net):
+    for name, layer in lilnetx.core.model.convertible_layers(net):
         values = torch.unique(layer.weight)
         assert values.numel() <= 2 ** bits - 1, name
     if bits == 8:

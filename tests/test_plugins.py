@@ -80,7 +80,7 @@ PLUGIN = {
             default_lr = 1e-2
 
             def train(self, model, splits, cfg, progress, *, init=None):
-                from lilnetx.imp import global_sparsity, prune_global
+                from lilnetx.methods.pruning import global_sparsity, prune_global
                 from lilnetx.train import fit
 
                 result = fit(model, splits, cfg, progress)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lilnetx.entropy import LIKELIHOOD_FLOOR, FactorizedPrior
+from lilnetx.core.entropy import LIKELIHOOD_FLOOR, FactorizedPrior
 
 
 def _reference(prior: FactorizedPrior, x: torch.Tensor) -> torch.Tensor:
@@ -103,7 +103,7 @@ def test_fused_bits_agree_with_one_or_several_torch_threads(threads):
 
 def test_model_penalties_match_the_per_layer_formulas():
     from lilnetx import convert, create_model
-    from lilnetx.priors import l2_prior, slice_group_lasso
+    from lilnetx.core.priors import l2_prior, slice_group_lasso
 
     torch.manual_seed(0)
     net = create_model("resnet20", in_channels=3, image_size=32, num_classes=10, width=0.5)

@@ -1,4 +1,4 @@
-"""Tests of slim export (lilnetx.slimming), MAC counting, ONNX export and latency measurement.
+"""Tests of slim export (lilnetx.deploy.slimming), MAC counting, ONNX export and latency measurement.
 
 Slimming is checked on real networks whose latents are set so that whole input slices are zero:
 the channels nobody reads must disappear from the producing convs (and from everything coupled to
@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import lilnetx
-from lilnetx import archspec, fileformat
-from lilnetx.export import example_input, export_onnx
-from lilnetx.latency import latency_ms
-from lilnetx.latent import LatentLinear
-from lilnetx.slimming import count_macs, slim, zero_dead_reads
+from lilnetx import fileformat
+from lilnetx.core.latent import LatentLinear
+from lilnetx.deploy.export import example_input, export_onnx
+from lilnetx.deploy.latency import latency_ms
+from lilnetx.deploy.slimming import count_macs, slim, zero_dead_reads
+from lilnetx.fileformat import archspec
 
 warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
 

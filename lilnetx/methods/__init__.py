@@ -2,7 +2,7 @@
 ``dense``, ``quant`` and ``imp`` (baselines), and any installed through the
 ``lilnetx.methods`` entry-point group. See :mod:`lilnetx.methods.base` for the protocol."""
 
-from .base import (
+from lilnetx.methods.base import (
     METHODS,
     Method,
     Param,
@@ -15,10 +15,10 @@ from .base import (
 
 # Import order is registration order: the CLI and the dashboard list lilnetx first.
 # isort: off
-from .lilnetx import LilNetX
-from .dense import Dense
-from .quant import Quant
-from .imp import IMP
+from lilnetx.methods.lilnetx import LilNetX
+from lilnetx.methods.dense import Dense
+from lilnetx.methods.quant import Quant
+from lilnetx.methods.imp import IMP
 # isort: on
 
 __all__ = ["IMP", "METHODS", "Dense", "LilNetX", "Method", "Param", "Quant", "all_params",

@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ..errors import ConfigError
-from ..registry import Registry
+from lilnetx.errors import ConfigError
+from lilnetx.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Method, register_method
+from lilnetx.methods.base import Method, register_method
 
 
 def train_or_start(model: nn.Module, splits, cfg, progress, init: nn.Module | None):
     """Train ``model`` from scratch, or take the trained state of ``init`` (no training)."""
-    from ..train import TrainResult, fit
+    from lilnetx.train import TrainResult, fit
 
     if init is None:
         return fit(model, splits, cfg, progress)
@@ -28,6 +28,6 @@ class Dense(Method):
         return train_or_start(model, splits, cfg, progress, init)
 
     def encode(self, model: nn.Module, arch: dict) -> bytes:
-        from ..fileformat import encode_plain
+        from lilnetx.fileformat import encode_plain
 
         return encode_plain(model, arch)

@@ -4,10 +4,10 @@ entropy-coded zero symbol is the sparsity pattern."""
 
 from __future__ import annotations
 
-from ..imp import SCHEDULES, imp
-from .base import Param, register_method
-from .dense import train_or_start
-from .quant import BITS, Quantized
+from lilnetx.methods.base import Param, register_method
+from lilnetx.methods.dense import train_or_start
+from lilnetx.methods.pruning import SCHEDULES, imp
+from lilnetx.methods.quant import BITS, Quantized
 
 
 @register_method

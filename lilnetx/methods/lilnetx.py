@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Method, register_method
+from lilnetx.methods.base import Method, register_method
 
 
 @register_method
@@ -19,21 +19,21 @@ class LilNetX(Method):
     accepts_init = False
 
     def prepare(self, net: nn.Module, *, width: float = 1.0) -> nn.Module:
-        from ..model import convert
+        from lilnetx.core.model import convert
 
         return convert(net, width=width)
 
     def train(self, model, splits, cfg, progress, *, init=None):
-        from ..train import fit
+        from lilnetx.train import fit
 
         return fit(model, splits, cfg, progress)
 
     def plain(self, model: nn.Module) -> nn.Module:
-        from ..model import decode
+        from lilnetx.core.model import decode
 
         return decode(model)
 
     def encode(self, model: nn.Module, arch: dict) -> bytes:
-        from ..fileformat import encode_model
+        from lilnetx.fileformat import encode_model
 
         return encode_model(model, arch)

@@ -6,7 +6,7 @@ Layout (little-endian)::
     section*: kind u8 | length u32 | bytes
     crc32 u32 of every preceding byte
 
-Reading is bounded (see :mod:`lilnetx.limits`): only regular files of at most
+Reading is bounded (see :mod:`lilnetx.fileformat.limits`): only regular files of at most
 ``MAX_FILE_BYTES`` are opened, the magic number is checked before the rest is read, the checksum
 before anything is parsed, and a JSON section may decompress to ``MAX_JSON_BYTES`` at most, nest
 ``MAX_JSON_DEPTH`` deep and hold only finite numbers and integers of ``MAX_JSON_DIGITS`` digits.
@@ -22,8 +22,15 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from .errors import FormatError
-from .limits import MAX_FILE_BYTES, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_JSON_DIGITS, cut, short
+from lilnetx.errors import FormatError
+from lilnetx.fileformat.limits import (
+    MAX_FILE_BYTES,
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_JSON_DIGITS,
+    cut,
+    short,
+)
 
 MAGIC = b"LNX\x00"
 VERSION = 1
@@ -119,7 +126,7 @@ def pack(body: list[tuple[str, bytes]]) -> bytes:
     out += struct.pack("<I", zlib.crc32(out))
     if len(out) > MAX_FILE_BYTES:
         raise FormatError(f"the file would be {len(out)} bytes, more than the {MAX_FILE_BYTES} "
-                          "a .lnx file may have (lilnetx.limits.MAX_FILE_BYTES)")
+                          "a .lnx file may have (lilnetx.fileformat.limits.MAX_FILE_BYTES)")
     return bytes(out)
 
 
@@ -174,7 +181,7 @@ def read(path: str | os.PathLike) -> Container:
             if info.st_size > MAX_FILE_BYTES:
                 raise FormatError(f"{short(name)} is {info.st_size} bytes, more than the "
                                   f"{MAX_FILE_BYTES} a .lnx file may have "
-                                  "(lilnetx.limits.MAX_FILE_BYTES)")
+                                  "(lilnetx.fileformat.limits.MAX_FILE_BYTES)")
             _check_magic(f.read(HEAD.size + 4))
             f.seek(0)
             data = f.read(MAX_FILE_BYTES + 1)

@@ -22,8 +22,8 @@ import copy
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .model import LilNetXModel, decode
+from lilnetx.core.model import LilNetXModel, decode
+from lilnetx.errors import ConfigError
 
 
 def _output_layers(net: nn.Module, example: torch.Tensor) -> list[nn.Module]:
@@ -171,7 +171,7 @@ def slim(model: nn.Module, example_input: torch.Tensor, *, drop_dead: bool = Tru
     """A plain dense copy of ``model`` with unread channels physically removed.
 
     Args:
-        model: a :class:`~lilnetx.model.LilNetXModel` (decoded first) or a plain network.
+        model: a :class:`~lilnetx.core.model.LilNetXModel` (decoded first) or a plain network.
         example_input: a batch shaped like the network's input (N, C, H, W); used to trace.
         drop_dead: first drop the reads of dead channels (:func:`zero_dead_reads`), so that
             channels which are identically zero go too.

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import os
 
-from . import codec
-from .fileformat import Container, decode_file, read
+from lilnetx.fileformat import Container, codec, decode_file, read
 
 SECTION_LABELS = {
     "latents": "latent payload",
@@ -37,7 +36,7 @@ def inspect(path: str | os.PathLike) -> dict:
     ``weight_sparsity`` and ``slice_sparsity``.
 
     Raises :class:`lilnetx.FormatError` for a file ``load`` refuses, with the same bounds on time
-    and memory (:mod:`lilnetx.limits`).
+    and memory (:mod:`lilnetx.fileformat.limits`).
     """
     c = read(path)
     dec = decode_file(c)

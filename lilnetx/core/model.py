@@ -12,10 +12,11 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .entropy import FactorizedPrior
-from .errors import ConfigError
-from .latent import GroupDecoder, LatentConv2d, LatentLayer, LatentLinear, group_key
-from .priors import _EPS as _SLICE_EPS
+from lilnetx.core.entropy import FactorizedPrior
+from lilnetx.core.latent import GroupDecoder, LatentConv2d, LatentLayer, LatentLinear, group_key
+from lilnetx.core.priors import _EPS as _SLICE_EPS
+from lilnetx.errors import ConfigError
+from lilnetx.layers import convertible_layers
 
 
 class _SliceLasso(torch.autograd.Function):
@@ -56,8 +57,8 @@ class LilNetXModel(nn.Module):
 
     Attributes:
         net: the network, its ``nn.Conv2d``/``nn.Linear`` replaced by latent layers.
-        decoders: one :class:`~lilnetx.latent.GroupDecoder` per kernel-shape group.
-        priors: one :class:`~lilnetx.entropy.FactorizedPrior` per group (channels = kernel positions).
+        decoders: one :class:`~lilnetx.core.latent.GroupDecoder` per kernel-shape group.
+        priors: one :class:`~lilnetx.core.entropy.FactorizedPrior` per group (channels = kernel positions).
 
     ``forward(x)`` is the network's forward. Rates are in **bits**.
     """
@@ -116,7 +117,7 @@ class LilNetXModel(nn.Module):
     def slice_penalty(self) -> torch.Tensor:
         """Slice group-lasso over the latents of k x k conv groups with k > 1 (sec. 4).
 
-        The value and gradient of :func:`~lilnetx.priors.slice_group_lasso` summed over the
+        The value and gradient of :func:`~lilnetx.core.priors.slice_group_lasso` summed over the
         layers, as one autograd node (:class:`_SliceLasso`).
         """
         latents = [layer.latent for _, layer in self.latent_layers() if layer.latent.shape[1] > 1]
@@ -130,17 +131,6 @@ class LilNetXModel(nn.Module):
     def _zero(self) -> torch.Tensor:
         p = next(self.parameters(), None)
         return torch.zeros((), device=p.device if p is not None else None)
-
-
-def _is_inside_attention(name: str, attention_names: set[str]) -> bool:
-    return any(name.startswith(a + ".") for a in attention_names)
-
-
-def convertible_layers(net: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, layer)`` of every ``nn.Conv2d``/``nn.Linear`` that :func:`convert` replaces."""
-    attention = {n for n, m in net.named_modules() if isinstance(m, nn.MultiheadAttention)}
-    return [(n, m) for n, m in net.named_modules()
-            if type(m) in (nn.Conv2d, nn.Linear) and not _is_inside_attention(n, attention)]
 
 
 def convert(

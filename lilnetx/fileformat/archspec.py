@@ -10,7 +10,7 @@ arguments::
 
 :func:`check_architecture` builds the described network on PyTorch's ``meta`` device (shapes, no
 storage: instant even for a network of billions of parameters) and refuses one holding more than
-:data:`lilnetx.limits.MAX_PARAMS` numbers; the reader checks a file against that meta network
+:data:`lilnetx.fileformat.limits.MAX_PARAMS` numbers; the reader checks a file against that meta network
 before it allocates anything.
 """
 
@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .errors import ConfigError, FormatError
-from .limits import MAX_PARAMS, cut, short
-from .models import create_model
+from lilnetx.errors import ConfigError, FormatError
+from lilnetx.fileformat.limits import MAX_PARAMS, cut, short
+from lilnetx.models import create_model
 
 LIMITS = {"in_channels": 4096, "image_size": 4096, "num_classes": 1_000_000}
 """Largest values an architecture may declare (guards against crafted files)."""
@@ -115,7 +115,7 @@ def meta_network(arch: dict) -> tuple[nn.Module, int]:
     """The described network on the ``meta`` device (shapes only) and its parameter count.
 
     Raises :class:`FormatError` for a bad description or a network holding more than
-    :data:`~lilnetx.limits.MAX_PARAMS` numbers (parameters and buffers)."""
+    :data:`~lilnetx.fileformat.limits.MAX_PARAMS` numbers (parameters and buffers)."""
     kwargs = _arguments(arch)
     try:
         with torch.device("meta"), _ShapeOnly():
@@ -132,7 +132,7 @@ def meta_network(arch: dict) -> tuple[nn.Module, int]:
     if total > MAX_PARAMS:
         raise FormatError(
             f"the architecture {short(kwargs['name'])} holds {total:,} parameters and buffers, "
-            f"more than the {MAX_PARAMS:,} a .lnx file may hold (lilnetx.limits.MAX_PARAMS)")
+            f"more than the {MAX_PARAMS:,} a .lnx file may hold (lilnetx.fileformat.limits.MAX_PARAMS)")
     return net, params
 
 
@@ -140,5 +140,5 @@ def check_architecture(arch: dict) -> int:
     """The parameter count of the described network, computed without allocating it.
 
     Raises :class:`FormatError` for an unknown model, bad arguments, or a network above the
-    budget :data:`~lilnetx.limits.MAX_PARAMS`; ``load`` and ``save`` both apply it."""
+    budget :data:`~lilnetx.fileformat.limits.MAX_PARAMS`; ``load`` and ``save`` both apply it."""
     return meta_network(arch)[1]

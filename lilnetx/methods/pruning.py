@@ -14,10 +14,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .data import DataSplits
-from .errors import ConfigError
-from .model import convertible_layers
-from .train import TrainConfig, TrainResult, base_lr, fit
+from lilnetx.data import DataSplits
+from lilnetx.errors import ConfigError
+from lilnetx.layers import convertible_layers
+from lilnetx.train import TrainConfig, TrainResult, base_lr, fit
 
 SCHEDULES = ("FT", "SLR", "CLR", "LLR")
 """Retraining schedules: FT constant at the last training lr (1% of the peak, where the

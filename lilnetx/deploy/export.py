@@ -8,10 +8,10 @@ import os
 import torch
 from torch import nn
 
-from . import fileformat
-from .errors import ConfigError
-from .latency import latency_ms
-from .slimming import count_macs, slim
+from lilnetx import fileformat
+from lilnetx.deploy.latency import latency_ms
+from lilnetx.deploy.slimming import count_macs, slim
+from lilnetx.errors import ConfigError
 
 
 def example_input(arch: dict, batch: int = 1) -> torch.Tensor:
@@ -65,7 +65,7 @@ def latency_metrics(slim_net: nn.Module, plain: nn.Module,
                     input_shape: tuple[int, ...]) -> dict[str, float]:
     """``latency_ms`` and ``latency_ms_b64`` of ``slim_net`` (batch 1 and 64), and
     ``dense_latency_ms`` and ``dense_latency_ms_b64`` of ``plain``, in milliseconds
-    (:func:`lilnetx.latency.latency_ms`; ``input_shape`` is one sample's (C, H, W))."""
+    (:func:`lilnetx.deploy.latency.latency_ms`; ``input_shape`` is one sample's (C, H, W))."""
     return {"latency_ms": latency_ms(slim_net, input_shape, batch=1),
             "latency_ms_b64": latency_ms(slim_net, input_shape, batch=64),
             "dense_latency_ms": latency_ms(plain, input_shape, batch=1),

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import codec
-from .errors import ConfigError
-from .latent import decode_exact
-from .model import convertible_layers
+from lilnetx.core.latent import decode_exact
+from lilnetx.errors import ConfigError
+from lilnetx.fileformat import codec
+from lilnetx.layers import convertible_layers
 
 MIN_BITS, MAX_BITS = 2, 12
 

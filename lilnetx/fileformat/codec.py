@@ -1,7 +1,7 @@
 """Entropy coding of integer symbols with constriction's ANS coder.
 
 The coder only ever sees integer symbols and integer frequency tables (the float probability
-model is turned into tables once, by :meth:`lilnetx.entropy.FactorizedPrior.quantized_tables`).
+model is turned into tables once, by :meth:`lilnetx.core.entropy.FactorizedPrior.quantized_tables`).
 Encoder and decoder build the same ``Categorical`` from the same stored integers, so decoding
 does not depend on repeating a float computation of the training code.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import constriction
 import numpy as np
 
-from .errors import FormatError
+from lilnetx.errors import FormatError
 
 TABLE_PRECISION = 16
 """Frequencies of one table sum to exactly ``2**TABLE_PRECISION``."""
@@ -76,7 +76,7 @@ def empirical_table(symbols: np.ndarray) -> tuple[int, np.ndarray]:
     every symbol from the lowest to the highest present gets a frequency of at least 1 and the
     table sums to ``2**TABLE_PRECISION`` (what a file stores for integers coded under their own
     histogram, as the quant and imp baselines are)."""
-    from .entropy import _quantize_pmf
+    from lilnetx.core.entropy import _quantize_pmf
 
     flat = np.asarray(symbols, dtype=np.int64).reshape(-1)
     lo, hi = int(flat.min()), int(flat.max())

@@ -1,12 +1,12 @@
 """The ``.lnx`` compressed model file: entropy-coded latents and everything else needed to
 rebuild the network, with no pickle anywhere.
 
-The container (header, sections, checksum) is :mod:`lilnetx.container`. Sections: ``arch``
+The container (header, sections, checksum) is :mod:`lilnetx.fileformat.container`. Sections: ``arch``
 (zlib JSON: how to rebuild the network), ``index`` (zlib JSON: layers, symbol ranges, tensor
 names and shapes), ``tables`` (uint16 frequency-1 per symbol), ``decoders`` (float32), ``floats``
 (float32 biases, BatchNorm and other state), ``latents`` (uint32 ANS words).
 
-Reading is bounded (:mod:`lilnetx.limits`): the checksum is verified before anything is parsed;
+Reading is bounded (:mod:`lilnetx.fileformat.limits`): the checksum is verified before anything is parsed;
 the architecture is built on the ``meta`` device and refused above ``MAX_PARAMS``; every count,
 shape and section length of the index is checked against it, and every stored float must be
 finite, before any tensor is allocated or any latent decoded. ``save`` runs the same checks on
@@ -24,14 +24,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import codec
-from .archspec import build_from_arch, check_architecture, meta_network
-from .container import MAGIC, SECTIONS, VERSION, Container, pack, parse, read, zjson
-from .errors import DataError, FormatError
-from .latent import decode_exact
-from .limits import short
-from .model import LilNetXModel, convertible_layers, decode
-from .plan import Plan, check_finite, plan_of
+from lilnetx.core.latent import decode_exact
+from lilnetx.core.model import LilNetXModel, decode
+from lilnetx.errors import DataError, FormatError
+from lilnetx.fileformat import codec
+from lilnetx.fileformat.archspec import build_from_arch, check_architecture, meta_network
+from lilnetx.fileformat.container import (
+    MAGIC,
+    SECTIONS,
+    VERSION,
+    Container,
+    pack,
+    parse,
+    read,
+    zjson,
+)
+from lilnetx.fileformat.limits import short
+from lilnetx.fileformat.plan import Plan, check_finite, plan_of
+from lilnetx.layers import convertible_layers
 
 __all__ = ["MAGIC", "SECTIONS", "VERSION", "Container", "Decoded", "build_network",
            "check_architecture", "decode_file", "decode_latents", "encode_model",
@@ -102,7 +112,7 @@ def _pack(arch, index, tables, dec, floats, segments) -> bytes:
 
 def encode_plain(net: nn.Module, arch: dict, quantized: dict | None = None) -> bytes:
     """The ``.lnx`` bytes of a plain network: layers in ``quantized`` (from
-    :func:`lilnetx.quant.quantize_layers`) as entropy-coded integers with a float32 scale each,
+    :func:`lilnetx.methods.quantize.quantize_layers`) as entropy-coded integers with a float32 scale each,
     everything else as float32 (``quantized=None``: the dense fp32 reference)."""
     if not arch:
         raise FormatError("a plain network needs an architecture description (arch=...)")
@@ -139,7 +149,7 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict | None = None,
     written to a temporary name and renamed, so a reader never sees half a file.
 
     Raises :class:`FormatError`, writing nothing, for anything :func:`load` would refuse: an
-    architecture above :data:`lilnetx.limits.MAX_PARAMS` (checked before encoding), one that does
+    architecture above :data:`lilnetx.fileformat.limits.MAX_PARAMS` (checked before encoding), one that does
     not describe ``model``, NaN or Inf in a stored tensor, a file above ``MAX_FILE_BYTES``.
     """
     if isinstance(model, LilNetXModel):

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from . import codec
-from .container import Container
-from .errors import FormatError
-from .latent import group_key
-from .limits import short
-from .model import convertible_layers
+from lilnetx.core.latent import group_key
+from lilnetx.errors import FormatError
+from lilnetx.fileformat import codec
+from lilnetx.fileformat.container import Container
+from lilnetx.fileformat.limits import short
+from lilnetx.layers import convertible_layers
 
 MAX_ELEMENTS = 1 << 31
 """Most elements one tensor of the index may declare."""

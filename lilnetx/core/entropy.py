@@ -6,7 +6,7 @@ dense or 1x1 group). The probability of an integer latent ``w`` in channel ``c``
 ``c(w + 1/2) - c(w - 1/2)``; its rate is ``-log2`` of that, in **bits**.
 
 The differentiable model lives here; turning it into integer frequency tables for the byte coder
-is :func:`FactorizedPrior.quantized_tables`, and the coder itself is :mod:`lilnetx.codec`.
+is :func:`FactorizedPrior.quantized_tables`, and the coder itself is :mod:`lilnetx.fileformat.codec`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import FormatError
+from lilnetx.errors import FormatError
 
 LIKELIHOOD_FLOOR = 1e-9
 """Smallest probability the rate term uses, so a rare latent costs at most ~29.9 bits."""
