@@ -116,6 +116,12 @@ def check_model(model: str, info, width: float, field: str) -> None:
     from lilnetx.models import create_model
 
     what = f"{info.channels}x{info.height}x{info.width}, {info.num_classes} classes"
+    if isinstance(model, dict):
+        raise ConfigError(f"model: a factory model ({_short(model.get('factory'))}) trains, but "
+                          "cannot be written to a .lnx file yet (it has no portable "
+                          "architecture description), so a sweep could not measure its size; "
+                          "register it with lilnetx.register_model or a lilnetx.models entry "
+                          "point and name it instead")
     arch = registry_arch(model, in_channels=info.channels, image_size=info.height,
                          num_classes=info.num_classes, width=width)
     try:

@@ -158,3 +158,37 @@ def test_default_store_missing_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(tmp_path / "mlflow.db") in err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_dataset_factory_is_checked_and_loaded(tmp_path, capsys, monkeypatch):
+    """`dataset: {factory: ...}` names the user's code: a missing module is exit 2 naming the
+    field; a working factory passes the checks (the model then runs on its data)."""
+    line = sweep_fails(tmp_path, capsys, space(
+        tmp_path, dataset="{factory: 'no_such_pkg.data:load'}"))
+    assert line.startswith("error: dataset.factory: dataset factory 'no_such_pkg.data:load': "
+                           "cannot import 'no_such_pkg.data'")
+    (tmp_path / "userdata.py").write_text(
+        "import numpy as np\n"
+        "def load(n=200):\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    y = rng.integers(0, 3, n)\n"
+        "    x = rng.normal(size=(n, 1, 8, 8)) + y[:, None, None, None]\n"
+        "    return x, y, x[:50], y[:50]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from explorer.preflight import check_data_and_model
+    from explorer.space import load_space
+
+    s = load_space(space(tmp_path, dataset="{factory: 'userdata:load', args: {n: 120}}"))
+    assert check_data_and_model(s) == {"channels": 1, "height": 8, "width": 8, "num_classes": 3}
+
+
+def test_factory_model_is_refused_with_the_reason(tmp_path, capsys, monkeypatch):
+    (tmp_path / "usernet.py").write_text(
+        "from torch import nn\n"
+        "def build(in_channels, image_size, num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, "
+        "num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    line = sweep_fails(tmp_path, capsys, space(tmp_path, model="{factory: 'usernet:build'}"))
+    assert line.startswith("error: model: a factory model (usernet:build) trains, but cannot be "
+                           "written to a .lnx file yet")
