@@ -6,6 +6,7 @@ is allowed; nothing starts before the whole file is valid.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -145,6 +146,9 @@ class SearchSpace:
     """Per method: ``params`` (shared params overridden by the method's own), ``num_samples``
     and ``sampler``. A single-method space has one entry."""
     source: str = ""
+    code_dir: str | None = None
+    """The folder of the YAML file: factories (``{factory: "module:function"}``) are imported
+    from it (and from ``PYTHONPATH``), in the driver and in local trials."""
 
     def method_params(self, method: str | None = None) -> dict[str, Any]:
         return self.methods[method]["params"] if method else self.params
@@ -386,6 +390,24 @@ def load_space(path: str | os.PathLike) -> SearchSpace:
     """
     path = os.fspath(path)
     doc, text = load_file(path, what="search space")
-    space = validate(doc, source=path)
-    space.source = text
+    code_dir = os.path.dirname(os.path.abspath(path))
+    with factory_path(code_dir):
+        space = validate(doc, source=path)
+    space.source, space.code_dir = text, code_dir
     return space
+
+
+@contextlib.contextmanager
+def factory_path(code_dir: str | None):
+    """``code_dir`` first on ``sys.path`` while factories are resolved."""
+    import sys
+
+    if not code_dir or code_dir in sys.path:
+        yield
+        return
+    sys.path.insert(0, code_dir)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(code_dir)

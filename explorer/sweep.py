@@ -195,6 +195,22 @@ def check_ray_address(address: str, timeout: float = 10.0) -> None:
         raise ConfigError(f"Ray cluster at {address!r} is unreachable: {e}") from None
 
 
+def use_factory_code(space: SearchSpace) -> None:
+    """A space naming a factory (``{factory: "module:function"}``) imports it from the YAML's
+    folder: put that folder on this process's path and on ``PYTHONPATH``, which a local Ray's
+    workers inherit. (On a cluster, install the code on the workers or ship it with a Ray
+    runtime environment.)"""
+    import sys
+
+    if not space.code_dir or not any(isinstance(x, dict) for x in (space.model, space.dataset)):
+        return
+    if space.code_dir not in sys.path:
+        sys.path.insert(0, space.code_dir)
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if space.code_dir not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([space.code_dir, *parts])
+
+
 def local_ray_on_loopback() -> None:
     """Make a local Ray node bind and advertise 127.0.0.1 only: without this its GCS, raylet,
     workers and agents listen on every interface. Ray reads the variable when it is imported,
@@ -238,6 +254,8 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepResult:
     Raises :class:`ConfigError` before anything starts when the space cannot work here (see
     :mod:`explorer.preflight`), :class:`SweepFailed` when every trial failed, and
     ``KeyboardInterrupt`` after settling the runs (parent and running trials KILLED)."""
+    from lilnetx.factory import describe
+
     from . import preflight
 
     start = time.time()
@@ -252,6 +270,7 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepResult:
     if opts.address:
         check_ray_address(opts.address)
     experiment = opts.experiment or space.name
+    use_factory_code(space)
     preflight.check_storage(uri, experiment)
     preflight.check_space(space, cluster=bool(opts.address))
     if opts.address:
@@ -271,7 +290,8 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepResult:
             tracking.TAG_METHOD: ",".join(space.methods),
             tracking.TAG_OBJECTIVES: json.dumps(space.objectives)})
         tracking.log_params(uri, parent.info.run_id, {
-            "model": space.model, "dataset": space.dataset, "sampler": space.sampler,
+            "model": describe(space.model), "dataset": describe(space.dataset),
+            "sampler": space.sampler,
             "methods": ",".join(space.methods), "max_concurrent": max_concurrent,
             **{f"num_samples.{m}": opts.num_samples or e["num_samples"]
                for m, e in space.methods.items()}})
