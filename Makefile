@@ -32,11 +32,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/system-deps.sh test
-	$(BIN)/ruff check lilnetx explorer dashboards tests benchmarks
+	$(BIN)/ruff check lilnetx explorer dashboards tests benchmarks examples
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(STAMP)
-	$(BIN)/ruff check lilnetx explorer dashboards tests benchmarks
+	$(BIN)/ruff check lilnetx explorer dashboards tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) out
