@@ -5,26 +5,42 @@ normalized float32 images of shape (N, C, H, W) and int64 labels of shape (N,) h
 ``TensorDataset``; ``train`` and ``val`` are ``Subset`` views of one training pool, ``test`` is its
 own ``TensorDataset``. Validation is always carved from the training pool (stratified, seeded by
 ``seed``) so a sweep never selects on the test set; the test split never depends on ``seed``.
+
+Data sets read from disk (``imagefolder:PATH``, or a plugin's) hold file paths only: an
+:class:`ImageFiles` decodes and transforms an image when indexed (:func:`image_transforms`:
+random train crops, deterministic eval crops), and the batches come from a DataLoader with
+``DataSplits.workers`` worker processes (see :mod:`lilnetx.batches`).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator
+import inspect
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
+from lilnetx.batches import (  # noqa: F401  (re-exported: lilnetx.data is their public home)
+    AUGMENTS,
+    CIFAR_PAD,
+    Batches,
+    _tensor_view,
+    check_workers,
+    cifar_augment,
+    default_workers,
+    iterate_batches,
+    num_batches,
+)
 from lilnetx.errors import ConfigError, DataError, check_positive_int
 from lilnetx.registry import Registry
 
-CIFAR_PAD = 4  #: zero padding of the "cifar" random-crop augmentation
 TEST_FRACTION, TEST_SEED = 0.2, 0  #: held-out test split when a source has none (never varies)
-AUGMENTS = ("cifar",)
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  #: per-channel mean, std
 
 
 @dataclass(frozen=True)
@@ -42,18 +58,32 @@ class DataInfo:
 
 @dataclass
 class DataSplits:
-    """Train/val/test data sets yielding (image (C, H, W) float32, label int64) pairs."""
+    """Train/val/test data sets yielding (image (C, H, W) float32, label int64) pairs.
+
+    Any map-style data set works. A ``TensorDataset`` (or a ``Subset`` of one) is batched by
+    slicing in memory; any other (e.g. :class:`ImageFiles`, or a plugin's data set returning
+    tensors lazily) is read through a DataLoader with ``workers`` processes (``None``:
+    ``min(4, CPUs)``; 0: in the training process), so its own transforms run there: give
+    ``train`` the random augmentation and ``val``/``test`` the deterministic eval transform
+    (:func:`image_transforms`; :meth:`ImageFiles.with_transform` gives both views of one file
+    list). ``augment`` is a batch augmentation applied on the device ("cifar": random crop and
+    horizontal flip) or None.
+    """
 
     train: Dataset
     val: Dataset
     test: Dataset
     info: DataInfo
-    augment: str | None  # "cifar" (random crop + horizontal flip) or None
+    augment: str | None
+    workers: int | None = None
 
 
 Loader = Callable[..., DataSplits]
-"""A data set loader: ``loader(root, *, val_fraction, seed, limit, download) -> DataSplits``;
-``root`` is ``data_root`` (or, for a path data set such as ``imagefolder:PATH``, the path)."""
+"""A data set loader: ``loader(root, *, download, val_fraction, seed, limit, **options) ->
+DataSplits``; ``root`` is ``data_root`` (or, for a path data set such as ``imagefolder:PATH``,
+the path). Its other keyword-only parameters are its options (``imagefolder``: ``image_size``),
+given as keywords to :func:`create_dataset`."""
+_SPLIT_ARGS = {"root", "download", "val_fraction", "seed", "limit"}
 
 
 def _builtins() -> None:
@@ -91,8 +121,22 @@ def resolve_dataset(name: str) -> tuple[Loader, str, str | None]:
     raise ConfigError(f"unknown dataset {shown}; choose one of: {', '.join(dataset_names())}")
 
 
+def loader_options(loader: Loader) -> list[str] | None:
+    """The options a loader takes (its keyword parameters beyond root, download, val_fraction,
+    seed and limit), or None when it takes any (``**options``)."""
+    try:
+        params = inspect.signature(loader).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.name not in _SPLIT_ARGS
+            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
 def create_dataset(name: str | dict, data_root: str | None = None, *, val_fraction: float = 0.1,
-                   seed: int = 0, download: bool = False, limit: int | None = None) -> DataSplits:
+                   seed: int = 0, download: bool = False, limit: int | None = None,
+                   workers: int | None = None, **options: Any) -> DataSplits:
     """Load data set ``name`` and split it into train/val/test.
 
     ``name`` is a registered name (``lilnetx datasets`` lists them, plugins included), or a
@@ -101,6 +145,11 @@ def create_dataset(name: str | dict, data_root: str | None = None, *, val_fracti
     ``val`` (stratified, seeded by ``seed``); ``limit`` caps the number of training examples
     left after that. For ``imagefolder:PATH`` with a ``val/`` subfolder, that folder is used
     (``val_fraction`` unused).
+
+    ``workers`` sets :attr:`DataSplits.workers` (DataLoader processes of a data set read from
+    disk; ignored by in-memory ones). ``options`` go to the loader, which declares them as
+    keyword parameters, e.g. ``create_dataset("imagefolder:/data/imagenet", image_size=224,
+    workers=8)``; for a factory they are added to its ``args``.
     """
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) \
             or not 0 <= val_fraction < 0.5:
@@ -109,14 +158,27 @@ def create_dataset(name: str | dict, data_root: str | None = None, *, val_fracti
         raise ConfigError(f"seed must be a non-negative integer, but got {seed!r}")
     if limit is not None:
         check_positive_int("limit", limit)
+    check_workers(workers)
     split = dict(val_fraction=float(val_fraction), seed=seed, limit=limit)
     if isinstance(name, dict):
-        return from_factory(name, **split)
-    loader, base, path = resolve_dataset(name)
-    out = loader(path if path is not None else data_root, download=download, **split)
-    if not isinstance(out, DataSplits):
-        raise DataError(f"dataset {base!r}: its loader returned {type(out).__name__}, "
-                        "not DataSplits")
+        args = name.get("args") or {}
+        if options and isinstance(args, dict):
+            name = {**name, "args": {**args, **options}}
+        out = from_factory(name, **split)
+    else:
+        loader, base, path = resolve_dataset(name)
+        accepted = loader_options(loader)
+        unknown = sorted(set(options) - set(accepted)) if accepted is not None else []
+        if unknown:
+            raise ConfigError(f"dataset {base!r} takes no option {unknown[0]!r}; its options: "
+                              f"{', '.join(accepted) or 'none'}")
+        out = loader(path if path is not None else data_root, download=download, **split,
+                     **options)
+        if not isinstance(out, DataSplits):
+            raise DataError(f"dataset {base!r}: its loader returned {type(out).__name__}, "
+                            "not DataSplits")
+    if workers is not None:
+        out.workers = workers
     return out
 
 
@@ -124,10 +186,12 @@ def from_factory(spec: dict, **split) -> DataSplits:
     """A data set from the user's own code: ``spec["factory"]`` (``"pkg.module:function"``)
     is called with ``spec["args"]`` and returns :class:`DataSplits`, or the arrays
     ``(x_train, y_train, x_test, y_test)`` (images (N, C, H, W), integer labels (N,)), which
-    are normalized by the training pool's statistics and split like a built-in data set."""
+    are normalized by the training pool's statistics and split like a built-in data set.
+    A factory returning DataSplits also gets ``val_fraction``, ``seed`` and ``limit`` if its
+    signature takes them (a registered loader such as ``lilnetx.sources:imagefolder`` does)."""
     from lilnetx.factory import call_factory
 
-    out = call_factory(spec, "dataset")
+    out = call_factory(spec, "dataset", **split)
     if isinstance(out, DataSplits):
         return out
     if not (isinstance(out, tuple | list) and len(out) == 4):
@@ -165,16 +229,82 @@ def _stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[n
 
 def _assemble(info: DataInfo, pool: Dataset, labels: np.ndarray, test: Dataset,
               val: Dataset | None, augment: str | None, val_fraction: float, seed: int,
-              limit: int | None) -> DataSplits:
-    """Carve ``val`` from ``pool`` (labels (N,)) unless given, cap train at ``limit``."""
+              limit: int | None, *, eval_pool: Dataset | None = None,
+              workers: int | None = None) -> DataSplits:
+    """Carve ``val`` from ``pool`` (labels (N,)) unless given, cap train at ``limit``.
+    ``eval_pool``: the same items as ``pool`` with the eval transform, for ``val``."""
     if val is None:
         train_idx, val_idx = _stratified_split(labels, val_fraction, seed)
-        val = Subset(pool, val_idx.tolist())
+        val = Subset(eval_pool if eval_pool is not None else pool, val_idx.tolist())
     else:
         train_idx = np.random.default_rng(seed).permutation(len(labels))
     if limit is not None:
         train_idx = train_idx[:limit]
-    return DataSplits(Subset(pool, train_idx.tolist()), val, test, info, augment)
+    return DataSplits(Subset(pool, train_idx.tolist()), val, test, info, augment,
+                      check_workers(workers))
+
+
+def image_transforms(size: int, mean: Sequence[float] = IMAGENET_STATS[0],
+                     std: Sequence[float] = IMAGENET_STATS[1]) -> tuple[Callable, Callable]:
+    """(train, eval) torchvision transforms from a PIL image to a normalized (3, size, size)
+    tensor: train ``RandomResizedCrop(size)``, ``RandomHorizontalFlip``; eval
+    ``Resize(int(size * 256 / 224))``, ``CenterCrop(size)``; both ``ToTensor``, ``Normalize``."""
+    from torchvision import transforms as T
+
+    check_positive_int("image_size", size)
+    tail = [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
+    train = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *tail])
+    evaluate = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), *tail])
+    return train, evaluate
+
+
+class ImageFiles(Dataset):
+    """Images read from disk when indexed: ``(transform(RGB image), label)``.
+
+    Holds the file list only: the paths as one bytes array and the labels as an int64 array
+    (no Python object per file, so forked DataLoader workers do not copy the list page by
+    page). :meth:`with_transform` is another view of the same arrays."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], labels: Sequence[int],
+                 transform: Callable | None = None, classes: Sequence[str] = ()) -> None:
+        self.paths = np.array([os.fsencode(p) for p in paths], dtype=np.bytes_)
+        self.targets = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if len(self.paths) != len(self.targets):
+            raise DataError(f"ImageFiles: {len(self.paths)} paths but {len(self.targets)} labels")
+        self.transform, self.classes = transform, list(classes)
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike, transform: Callable | None = None
+                    ) -> ImageFiles:
+        """The images of a class-per-subfolder tree (torchvision's ImageFolder scan: classes
+        sorted, image extensions only); :class:`DataError` when it holds none."""
+        from torchvision.datasets import ImageFolder
+
+        try:
+            scan = ImageFolder(os.fspath(folder))
+        except (FileNotFoundError, OSError) as e:
+            raise DataError(f"no images in class subfolders of {folder}: {e}") from None
+        return cls([p for p, _ in scan.samples], scan.targets, transform, scan.classes)
+
+    def with_transform(self, transform: Callable | None) -> ImageFiles:
+        view = object.__new__(ImageFiles)
+        view.paths, view.targets, view.classes = self.paths, self.targets, self.classes
+        view.transform = transform
+        return view
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        from PIL import Image
+
+        path = os.fsdecode(self.paths[index])
+        try:
+            with open(path, "rb") as f:
+                image = Image.open(f).convert("RGB")
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read image {path}: {e}") from None
+        return (self.transform(image) if self.transform else image), int(self.targets[index])
 
 
 def _normalize(x: np.ndarray, scale: float, mean: tuple[float, ...],
@@ -200,72 +330,3 @@ def splits_from_arrays(name: str, x: np.ndarray, y: np.ndarray, xt: np.ndarray, 
     pool = TensorDataset(_normalize(x, scale, mean, std), torch.from_numpy(y.astype(np.int64)))
     test = TensorDataset(_normalize(xt, scale, mean, std), torch.from_numpy(yt.astype(np.int64)))
     return _assemble(info, pool, y, test, None, augment, **split)
-
-
-def num_batches(dataset: Dataset, batch_size: int) -> int:
-    """Number of batches :func:`iterate_batches` yields (the last partial batch counts)."""
-    return math.ceil(len(dataset) / check_positive_int("batch_size", batch_size))
-
-
-def _tensor_view(dataset: Dataset) -> tuple[tuple[Tensor, ...], Tensor | None] | None:
-    """(tensors, index (N,) or None) if ``dataset`` is a TensorDataset or (nested) Subset of one."""
-    index = None
-    while isinstance(dataset, Subset):
-        idx = torch.as_tensor(dataset.indices, dtype=torch.long)
-        index = idx if index is None else idx[index]
-        dataset = dataset.dataset
-    return (dataset.tensors, index) if isinstance(dataset, TensorDataset) else None
-
-
-def cifar_augment(x: Tensor, generator: torch.Generator | None = None,
-                  pad: int = CIFAR_PAD) -> Tensor:
-    """Random crop of x's own size from ``x`` zero-padded by ``pad``, then random horizontal flip.
-
-    Vectorized over the batch x (B, C, H, W) on x's device (zero is the mean color, as ``x`` is
-    normalized); randomness is drawn from ``generator`` (on its device) and moved to x's device.
-    """
-    b, _, h, w = x.shape
-    gdev = generator.device if generator is not None else torch.device("cpu")
-    off = torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device=gdev).to(x.device)
-    flip = torch.randint(0, 2, (b, 1), generator=generator, device=gdev).to(x.device).bool()
-    cols = torch.arange(w, device=x.device)
-    rows = off[0, :, None] + torch.arange(h, device=x.device)  # (B, H)
-    cols = torch.where(flip, cols.flip(0), cols) + off[1, :, None]  # (B, W)
-    padded = F.pad(x, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C)
-    bidx = torch.arange(b, device=x.device)[:, None, None]
-    return padded[bidx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
-
-
-def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool,
-                    generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-                    augment: str | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (images (B, C, H, W), labels (B,)) on ``device``; the last batch may be smaller.
-
-    Tensor-backed data sets are sliced directly with a permutation drawn from ``generator``
-    (same generator state, same order); others go through a single-process DataLoader.
-    ``augment="cifar"`` applies :func:`cifar_augment` to each batch on ``device``.
-    """
-    check_positive_int("batch_size", batch_size)
-    if augment is not None and augment not in AUGMENTS:
-        raise ConfigError(f"unknown augment {augment!r}; choose one of: None, "
-                          f"{', '.join(AUGMENTS)}")
-    device, view = torch.device(device), _tensor_view(dataset)
-    if view is None:
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                            num_workers=0)
-        batches: Iterator = iter(loader)
-    else:
-        (x_all, y_all, *_), index = view
-        n = len(dataset)
-        gdev = generator.device if generator is not None else "cpu"
-        order = (torch.randperm(n, generator=generator, device=gdev).cpu() if shuffle
-                 else torch.arange(n))
-        if index is not None:
-            order = index[order]
-        batches = ((x_all[i], y_all[i]) for i in order.split(batch_size))
-
-    def move(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        x = x.to(device, non_blocking=True)
-        return (cifar_augment(x, generator) if augment else x), y.to(device, non_blocking=True)
-
-    return (move(x, y) for x, y in batches)

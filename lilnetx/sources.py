@@ -1,10 +1,11 @@
 """The built-in data sets, registered in :data:`lilnetx.data.DATASETS`: ``digits``
 (scikit-learn's bundled 8x8 digits), ``mnist`` and ``fashion_mnist`` (idx files: ``data_root``,
 Debian's ``dataset-fashion-mnist``, or a torchvision download), ``cifar10`` and ``cifar100``
-(torchvision roots) and ``imagefolder:PATH`` (class-per-subfolder images).
+(torchvision roots) and ``imagefolder:PATH`` (class-per-subfolder images read from disk by
+DataLoader workers, option ``image_size``).
 
-A new source is one function ``loader(root, *, download, val_fraction, seed, limit)`` decorated
-with :func:`lilnetx.data.register_dataset` (here, or in a plugin package).
+A new source is one function ``loader(root, *, download, val_fraction, seed, limit, **options)``
+decorated with :func:`lilnetx.data.register_dataset` (here, or in a plugin package).
 """
 
 from __future__ import annotations
@@ -18,18 +19,23 @@ import numpy as np
 from torch.utils.data import Dataset, Subset
 
 from lilnetx.data import (
+    IMAGENET_STATS,
     TEST_FRACTION,
     TEST_SEED,
     DataInfo,
     DataSplits,
+    ImageFiles,
     _assemble,
     _stratified_split,
+    check_workers,
+    image_transforms,
     register_dataset,
     splits_from_arrays,
 )
-from lilnetx.errors import ConfigError, DataError
+from lilnetx.errors import ConfigError, DataError, check_positive_int
 
-IMAGE_FOLDER_SIZE = 32  #: side length imagefolder images are resized to
+IMAGE_FOLDER_SIZE = 32  #: default side length of imagefolder crops (``image_size``)
+MAX_IMAGE_SIZE = 4096  #: largest ``image_size`` accepted
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CACHE_ROOT = "~/.cache/lilnetx"  #: default root for torchvision downloads
 # Published per-channel statistics (of the pixel values scaled to [0, 1]).
@@ -38,7 +44,7 @@ _STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "fashion_mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet
+    "imagefolder": IMAGENET_STATS,
 }
 _IDX_FILES = {
     "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
@@ -182,53 +188,59 @@ def _cifar(name: str, data_root: str | None, download: bool, **split) -> DataSpl
                               _STATS[name], **split)
 
 
-def _imagefolder(name: str, path: str, **split) -> DataSplits:
-    """Class-per-subfolder images resized to IMAGE_FOLDER_SIZE, RGB, ImageNet-normalized."""
-    from torchvision import datasets, transforms
-
+def _imagefolder(name: str, path: str, image_size: int, workers: int | None,
+                 **split) -> DataSplits:
+    """Class-per-subfolder RGB images, ImageNet-normalized, read from disk on access: train
+    with random resized crops and flips, val and test with resize and center crop
+    (:func:`lilnetx.data.image_transforms` at ``image_size``)."""
     if not path:
         raise ConfigError("imagefolder needs a path, as in 'imagefolder:PATH', but got no path")
+    check_positive_int("image_size", image_size)
+    if image_size > MAX_IMAGE_SIZE:
+        raise ConfigError(f"image_size must be at most {MAX_IMAGE_SIZE}, but got {image_size}")
+    check_workers(workers)
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a directory")
     mean, std = _STATS["imagefolder"]
-    tf = transforms.Compose([transforms.Resize((IMAGE_FOLDER_SIZE, IMAGE_FOLDER_SIZE)),
-                             transforms.ToTensor(), transforms.Normalize(mean, std)])
-
-    def load(folder: Path) -> datasets.ImageFolder:
-        try:
-            return datasets.ImageFolder(str(folder), transform=tf)
-        except (FileNotFoundError, OSError) as e:
-            raise DataError(f"no images in class subfolders of {folder}: {e}") from None
-
+    train_tf, eval_tf = image_transforms(image_size, mean, std)
     # With train/ use train/, val/, test/ as given; else root's subfolders are the classes.
     parts = {s: root / s for s in ("train", "val", "test") if (root / "train").is_dir()
              and (root / s).is_dir()}
-    full = load(parts.get("train", root))
-    val, test = (load(parts[s]) if s in parts else None for s in ("val", "test"))
+    full = ImageFiles.from_folder(parts.get("train", root), train_tf)
+    evaluated = full.with_transform(eval_tf)  # the same files, for what is carved from them
+    val, test = (ImageFiles.from_folder(parts[s], eval_tf) if s in parts else None
+                 for s in ("val", "test"))
     for s, ds in (("val", val), ("test", test)):
         if ds is not None and ds.classes != full.classes:
             raise DataError(f"{root / s} has classes {ds.classes}, but train has {full.classes}")
-    labels = np.asarray(full.targets, dtype=np.int64)
+    labels = full.targets
     pool: Dataset = full
+    eval_pool: Dataset = evaluated
     if test is None:
         pool_idx, test_idx = _stratified_split(labels, TEST_FRACTION, TEST_SEED)
-        test, pool, labels = Subset(full, test_idx.tolist()), Subset(full, pool_idx.tolist()), \
-            labels[pool_idx]
-    info = DataInfo(name, 3, IMAGE_FOLDER_SIZE, IMAGE_FOLDER_SIZE, len(full.classes), mean, std)
-    return _assemble(info, pool, labels, test, val, None, **split)
+        keep = pool_idx.tolist()
+        test, pool, eval_pool = Subset(evaluated, test_idx.tolist()), Subset(full, keep), \
+            Subset(evaluated, keep)
+        labels = labels[pool_idx]
+    info = DataInfo(name, 3, image_size, image_size, len(full.classes), mean, std)
+    return _assemble(info, pool, labels, test, val, None, **split, eval_pool=eval_pool,
+                     workers=workers)
 
 
 @register_dataset("digits")
-def digits(root: str | None = None, *, download: bool = False, **split) -> DataSplits:
+def digits(root: str | None = None, *, download: bool = False, val_fraction: float = 0.1,
+           seed: int = 0, limit: int | None = None) -> DataSplits:
     """scikit-learn's 1797 8x8 grey digits, 10 classes (no root, nothing to download)."""
-    return _digits(**split)
+    return _digits(val_fraction=val_fraction, seed=seed, limit=limit)
 
 
 def _idx_dataset(name: str):
-    def load(root: str | None = None, *, download: bool = False, **split) -> DataSplits:
+    def load(root: str | None = None, *, download: bool = False, val_fraction: float = 0.1,
+             seed: int = 0, limit: int | None = None) -> DataSplits:
         x, y, xt, yt = _load_idx_set(_locate_idx(name, root, download), name)
-        return splits_from_arrays(name, x, y, xt, yt, 10, 255.0, None, _STATS[name], **split)
+        return splits_from_arrays(name, x, y, xt, yt, 10, 255.0, None, _STATS[name],
+                                  val_fraction=val_fraction, seed=seed, limit=limit)
 
     load.__doc__ = f"{name}: 28x28 grey images, 10 classes, from idx files."
     return load
@@ -239,19 +251,26 @@ register_dataset("mnist")(_idx_dataset("mnist"))
 
 
 @register_dataset("cifar10")
-def cifar10(root: str | None = None, *, download: bool = False, **split) -> DataSplits:
+def cifar10(root: str | None = None, *, download: bool = False, val_fraction: float = 0.1,
+            seed: int = 0, limit: int | None = None) -> DataSplits:
     """CIFAR-10: 32x32 RGB, 10 classes (torchvision's python batches under ``root``)."""
-    return _cifar("cifar10", root, download, **split)
+    return _cifar("cifar10", root, download, val_fraction=val_fraction, seed=seed, limit=limit)
 
 
 @register_dataset("cifar100")
-def cifar100(root: str | None = None, *, download: bool = False, **split) -> DataSplits:
+def cifar100(root: str | None = None, *, download: bool = False, val_fraction: float = 0.1,
+             seed: int = 0, limit: int | None = None) -> DataSplits:
     """CIFAR-100: 32x32 RGB, 100 classes (torchvision's python batches under ``root``)."""
-    return _cifar("cifar100", root, download, **split)
+    return _cifar("cifar100", root, download, val_fraction=val_fraction, seed=seed, limit=limit)
 
 
 @register_dataset("imagefolder", takes_path=True)
-def imagefolder(root: str | None = None, *, download: bool = False, **split) -> DataSplits:
+def imagefolder(root: str | None = None, *, download: bool = False, val_fraction: float = 0.1,
+                seed: int = 0, limit: int | None = None, image_size: int = IMAGE_FOLDER_SIZE,
+                workers: int | None = None) -> DataSplits:
     """Class-per-subfolder images at ``imagefolder:PATH`` (``train/``, ``val/``, ``test/``
-    optional), resized to 32x32 RGB."""
-    return _imagefolder(f"imagefolder:{root}", root or "", **split)
+    optional), read from disk by DataLoader workers; RGB crops of ``image_size`` (default 32;
+    224 for ImageNet): random resized crops and flips in training, resize and center crop in
+    evaluation. ``workers``: DataLoader processes (None: min(4, CPUs))."""
+    return _imagefolder(f"imagefolder:{root}", root or "", image_size, workers,
+                        val_fraction=val_fraction, seed=seed, limit=limit)

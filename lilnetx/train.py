@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lilnetx.batches import Batches
 from lilnetx.core.model import LilNetXModel
 from lilnetx.data import DataSplits, iterate_batches, num_batches
 from lilnetx.errors import ConfigError, LilNetXError, check_nonnegative, check_positive_int
@@ -143,17 +144,27 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opti
 
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, dataset, batch_size: int = 512,
-                      device: torch.device | str | None = None) -> float:
-    """Top-1 accuracy (fraction in [0, 1]) of ``model`` on ``dataset``, in eval mode."""
+                      device: torch.device | str | None = None, *,
+                      workers: int | None = None) -> float:
+    """Top-1 accuracy (fraction in [0, 1]) of ``model`` on ``dataset``, in eval mode.
+    ``workers``: DataLoader processes for a data set read from disk (None: min(4, CPUs))."""
     device = pick_device(str(device) if device is not None else None)
+    # A private generator: a DataLoader pass draws its workers' seed from it, not from torch's
+    # global generator (whose state an evaluation between epochs must not change).
+    return _accuracy(model, iterate_batches(dataset, batch_size, shuffle=False, device=device,
+                                            workers=workers, generator=torch.Generator()))
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, batches) -> float:
     was_training = model.training
     model.eval()
     correct = total = 0
-    for x, y in iterate_batches(dataset, batch_size, shuffle=False, device=device):
-        correct += int((model(x).argmax(1) == y).sum())
+    for x, y in batches:
+        correct += (model(x).argmax(1) == y).sum()  # a device tensor: no sync per batch
         total += int(y.numel())
     model.train(was_training)
-    return correct / max(total, 1)
+    return int(correct) / max(total, 1)
 
 
 def fit(
@@ -189,52 +200,59 @@ def fit(
     schedule = schedule or (lambda step, n: lr_factor(step, n, warmup, peak))
     result = TrainResult()
     start = time.perf_counter()
-    it = 0
-    for epoch in range(1, cfg.epochs + 1):
-        sums = {"loss": 0.0, "ce": 0.0, "bits": 0.0}
-        correct = seen = 0
-        for step, (x, y) in enumerate(iterate_batches(
-                splits.train, cfg.batch_size, shuffle=True, generator=gen, device=device,
-                augment=splits.augment), start=1):
-            lr = schedule(it, total)
-            for g in opts[0].param_groups:
-                g["lr"] = lr
-            logits = model(x)
-            terms = joint_loss(model, logits, y, cfg)
-            loss = terms["loss"]
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss is {loss.item()} at epoch {epoch}, step {step}; lower lr or lambdas")
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            for o in opts:
-                o.step()
-            if after_step is not None:
-                after_step()
-            it += 1
-            for k in sums:
-                if k in terms:
-                    sums[k] += float(terms[k].detach()) * y.numel()
-            correct += int((logits.detach().argmax(1) == y).sum())
-            seen += int(y.numel())
+    # One loader per split for the whole run: a data set read from disk keeps its workers
+    # between epochs; they end with the run, whatever ends it.
+    workers = getattr(splits, "workers", None)
+    train_batches = Batches(splits.train, cfg.batch_size, shuffle=True, generator=gen,
+                            device=device, augment=splits.augment, workers=workers,
+                            persistent=True)
+    val_batches = Batches(splits.val, 512, shuffle=False, generator=torch.Generator(),
+                          device=device, workers=workers, persistent=True)
+    with train_batches, val_batches:
+        it = 0
+        for epoch in range(1, cfg.epochs + 1):
+            sums = {"loss": 0.0, "ce": 0.0, "bits": 0.0}
+            correct = seen = 0
+            for step, (x, y) in enumerate(train_batches, start=1):
+                lr = schedule(it, total)
+                for g in opts[0].param_groups:
+                    g["lr"] = lr
+                logits = model(x)
+                terms = joint_loss(model, logits, y, cfg)
+                loss = terms["loss"]
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch}, step "
+                                           f"{step}; lower lr or lambdas")
+                for o in opts:
+                    o.zero_grad(set_to_none=True)
+                loss.backward()
+                for o in opts:
+                    o.step()
+                if after_step is not None:
+                    after_step()
+                it += 1
+                for k in sums:
+                    if k in terms:
+                        sums[k] += float(terms[k].detach()) * y.numel()
+                correct += int((logits.detach().argmax(1) == y).sum())
+                seen += int(y.numel())
+                if progress is not None:
+                    progress({"event": "step", "epoch": epoch + epoch_offset, "step": step,
+                              "steps": steps,
+                              "loss": float(loss.detach()),
+                              "bits": float(terms["bits"].detach()) if "bits" in terms else None})
+            row = {"epoch": epoch + epoch_offset, "learning_rate": lr, "train_accuracy": correct / max(seen, 1)}
+            row.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items() if k in terms})
+            row["val_accuracy"] = _accuracy(model, val_batches)
+            if isinstance(model, LilNetXModel):
+                model.eval()
+                with torch.no_grad():
+                    row["bits_estimate"] = float(model.rate_bits(noisy=False))
+                model.train()
+            row["elapsed_seconds"] = time.perf_counter() - start
+            result.history.append(row)
             if progress is not None:
-                progress({"event": "step", "epoch": epoch + epoch_offset, "step": step,
-                          "steps": steps,
-                          "loss": float(loss.detach()),
-                          "bits": float(terms["bits"].detach()) if "bits" in terms else None})
-        row = {"epoch": epoch + epoch_offset, "learning_rate": lr, "train_accuracy": correct / max(seen, 1)}
-        row.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items() if k in terms})
-        row["val_accuracy"] = evaluate_accuracy(model, splits.val, device=device)
-        if isinstance(model, LilNetXModel):
-            model.eval()
-            with torch.no_grad():
-                row["bits_estimate"] = float(model.rate_bits(noisy=False))
-            model.train()
-        row["elapsed_seconds"] = time.perf_counter() - start
-        result.history.append(row)
-        if progress is not None:
-            progress({"event": "epoch", **row})
+                progress({"event": "epoch", **row})
     model.eval()
     result.seconds = time.perf_counter() - start
     return result
