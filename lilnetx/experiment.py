@@ -26,8 +26,9 @@ from lilnetx.train import TrainConfig, TrainResult, evaluate_accuracy, pick_devi
 @dataclass
 class RunSpec:
     """Everything that defines one run. ``train`` holds the optimization hyperparameters,
-    ``options`` the method's own parameters (see ``lilnetx methods``), ``init_from`` a trained
-    network to start from (a ``.lnx`` file) for methods that accept one."""
+    ``options`` the method's own parameters (see ``lilnetx methods``), ``init_from`` trained
+    weights to start from (a state dict ``.pt``/``.pth``, ``.safetensors`` or ``.lnx`` file; see
+    :mod:`lilnetx.core.init_from`) for methods that accept one."""
 
     model: str = "lenet5"
     dataset: str = "fashion_mnist"
@@ -43,6 +44,10 @@ class RunSpec:
     def validate(self) -> RunSpec:
         self.create_method()
         self.train.validate()
+        if self.init_from is not None:
+            from lilnetx.core.init_from import check_start_path
+
+            check_start_path(self.init_from)
         return self
 
     def create_method(self) -> Method:
@@ -102,16 +107,15 @@ def build(spec: RunSpec, splits: DataSplits, method: Method | None = None) -> nn
     return model
 
 
-def _start_network(spec: RunSpec, model: nn.Module) -> nn.Module:
-    """The trained network of ``spec.init_from``, checked to be the run's architecture."""
-    from lilnetx.fileformat import load
+def _start_network(spec: RunSpec, splits: DataSplits) -> nn.Module:
+    """The plain network of ``spec`` holding the weights of ``spec.init_from``, checked key by
+    key and shape by shape against the run's architecture."""
+    from lilnetx.core.init_from import start_network
 
-    start = load(spec.init_from)
-    if [tuple(p.shape) for p in start.state_dict().values()] != [
-            tuple(p.shape) for p in model.state_dict().values()]:
-        raise ConfigError(f"init_from {spec.init_from!r} is not a {spec.model} for "
-                          f"{spec.dataset}")
-    return start
+    info = splits.info
+    reference = create_model(spec.model, in_channels=info.channels, image_size=info.height,
+                             num_classes=info.num_classes, width=spec.width)
+    return start_network(spec.init_from, reference, f"the run's {spec.model} for {spec.dataset}")
 
 
 def run(spec: RunSpec, progress: Callable[[dict], None] | None = None) -> RunOutcome:
@@ -124,7 +128,7 @@ def run(spec: RunSpec, progress: Callable[[dict], None] | None = None) -> RunOut
     splits = create_dataset(spec.dataset, spec.data_root, val_fraction=spec.val_fraction,
                             seed=spec.train.seed, limit=spec.limit)
     model = build(spec, splits, method)
-    init = _start_network(spec, model) if spec.init_from else None
+    init = _start_network(spec, splits) if spec.init_from else None
     result = method.train(model, splits, spec.train, progress, init=init)
     return measure(spec, model, splits, result, method)
 

@@ -1,13 +1,19 @@
 """``lilnetx``: the method of the paper. Every conv and linear weight becomes an integer latent
 tensor decoded by a shared per-group decoder; training adds the latents' rate (bits under the
 learned probability model) and the slice-sparsity prior to the task loss (method.md, sec. 1-5).
-The file stores the latents entropy coded under the learned model."""
+The file stores the latents entropy coded under the learned model.
+
+With ``init_from`` (our extension; the paper trains from scratch) the latents and decoders start
+from a trained network by the rule of :mod:`lilnetx.core.init_from` (``init_levels``: the
+latents' range) and training fine-tunes them; the summary adds ``init_max_weight_error`` and
+``init_accuracy`` (test accuracy of the initialized network, before any training)."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from lilnetx.methods.base import Method, register_method
+from lilnetx.core.init_from import DEFAULT_LEVELS
+from lilnetx.methods.base import Method, Param, register_method
 
 
 @register_method
@@ -15,8 +21,13 @@ class LilNetX(Method):
     name = "lilnetx"
     summary = ("latent reparameterization with a learned entropy model and slice sparsity "
                "(Girish et al., ICLR 2023): rate and structured sparsity in one training run")
+    params = (
+        Param("init_levels", int, DEFAULT_LEVELS, "with init_from: latents start in [-L, L], L this value "
+              "(finer reproduces the start more closely, at more bits)", low=1, high=4096),
+    )
     default_lr = 1e-2
-    accepts_init = False
+    accepts_init = True
+    init_summary: dict[str, float] | None = None
 
     def prepare(self, net: nn.Module, *, width: float = 1.0) -> nn.Module:
         from lilnetx.core.model import convert
@@ -26,7 +37,25 @@ class LilNetX(Method):
     def train(self, model, splits, cfg, progress, *, init=None):
         from lilnetx.train import fit
 
+        self.init_summary = None
+        if init is not None:
+            self.init_summary = self.start(model, init, splits, cfg.device)
         return fit(model, splits, cfg, progress)
+
+    def start(self, model, init, splits, device=None) -> dict[str, float]:
+        """Set ``model``'s latents and decoders from the plain network ``init``; returns the
+        init's largest absolute weight error and its test accuracy."""
+        from lilnetx.core.init_from import latents_from_weights
+        from lilnetx.core.model import decode
+        from lilnetx.train import evaluate_accuracy, pick_device
+
+        report = latents_from_weights(model, init, levels=self.options["init_levels"])
+        dev = pick_device(device)
+        acc = evaluate_accuracy(decode(model).to(dev), splits.test, device=dev)
+        return {"init_max_weight_error": report.max_weight_error, "init_accuracy": acc}
+
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        return dict(self.init_summary or {})
 
     def plain(self, model: nn.Module) -> nn.Module:
         from lilnetx.core.model import decode
