@@ -76,7 +76,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     if argv[:1] == ["train"]:
         _method_flags(t)
     t.add_argument("--init-from", default=None,
-                   help="dense/quant/imp: start from this dense .lnx instead of training")
+                   help="start from trained weights: a state dict (.pt/.pth, .safetensors) or "
+                        "a .lnx file (every method; LilNetX converts them to latents)")
     t.add_argument("--width", type=_nonneg_float("--width"), default=1.0)
     t.add_argument("--epochs", type=_pos_int("--epochs"), default=5)
     t.add_argument("--batch-size", type=_pos_int("--batch-size"), default=256)

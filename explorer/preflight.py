@@ -180,9 +180,23 @@ def check_storage(uri: str, experiment: str) -> None:
         _writable_dir(Path(location), "artifact location")
 
 
+def check_starts(space: SearchSpace) -> None:
+    """Each method's ``init_from`` names a readable start file of a supported kind."""
+    from lilnetx.core.init_from import check_start_path
+
+    for method, entry in space.methods.items():
+        if entry.get("init_from"):
+            try:
+                check_start_path(entry["init_from"])
+            except LilNetXError as e:
+                raise ConfigError(f"methods.{method}.init_from: {_short(e)}") from None
+
+
 def check_space(space: SearchSpace, *, cluster: bool) -> None:
     """Everything about the space that does not need the cluster (run in the driver)."""
     check_objectives(space)
+    if not cluster:
+        check_starts(space)
     if not cluster:
         check_resources(space, *local_resources(), "this machine")
         check_data_and_model(space)

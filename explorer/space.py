@@ -90,6 +90,7 @@ def schema() -> dict[str, Any]:
             "model": {"anyOf": [{"type": "string", "minLength": 1}, _factory]},
             "dataset": {"anyOf": [{"type": "string", "minLength": 1}, _factory]},
             "data_root": {"type": ["string", "null"]},
+            "init_from": {"type": "string", "minLength": 1, "maxLength": 4096},
             "method": {"enum": methods},
             "train": {"type": "object", "additionalProperties": False,
                       "properties": {k: {"type": ["number", "string", "null"]} for k in keys}
@@ -118,6 +119,8 @@ def schema() -> dict[str, Any]:
                                 "num_samples": {"type": "integer", "minimum": 1,
                                                 "maximum": 100000},
                                 "sampler": {"enum": samplers},
+                                "init_from": {"type": "string", "minLength": 1,
+                                              "maxLength": 4096},
                                 "params": params}}},
         },
     }
@@ -293,7 +296,15 @@ def validate(doc: Any, *, source: str = "") -> SearchSpace:
                     where = f"methods.{m}.params" if key in own else "params"
                     raise ConfigError(f"{where}.{key}: the grid sampler needs {{choice: [...]}} "
                                       f"distributions, but got {next(iter(spec))}")
-        methods[m] = {"params": params, "sampler": msampler,
+        start = entry.get("init_from", doc.get("init_from"))
+        if start is not None:
+            from lilnetx.methods import method_class
+
+            if not method_class(m).accepts_init:
+                where = f"methods.{m}.init_from" if "init_from" in entry else "init_from"
+                raise ConfigError(f"{where}: method {show(m)} cannot start from a trained "
+                                  "network")
+        methods[m] = {"params": params, "sampler": msampler, "init_from": start,
                       "num_samples": int(entry.get("num_samples", num_samples))}
     first = next(iter(methods))
     return SearchSpace(
@@ -394,6 +405,9 @@ def load_space(path: str | os.PathLike) -> SearchSpace:
     with factory_path(code_dir):
         space = validate(doc, source=path)
     space.source, space.code_dir = text, code_dir
+    for entry in space.methods.values():  # a relative start file is relative to the YAML
+        if entry.get("init_from"):
+            entry["init_from"] = os.path.join(code_dir, os.path.expanduser(entry["init_from"]))
     return space
 
 

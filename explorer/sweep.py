@@ -389,6 +389,7 @@ def _run_tune(space, method, opts, uri, exp_id, sweep, parent_id, storage, sampl
         "tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent_id, "sweep": sweep,
         "model": space.model, "dataset": space.dataset, "method": method,
         "data_root": space.data_root, "objectives": space.objectives,
+        "init_from": space.methods[method].get("init_from"),
         "fixed": space.fixed(method),
         "cpus_per_trial": space.cpus_per_trial, "device": opts.device or space.train.get("device"),
         "gate_dir": os.path.join("/tmp", f"lilnetx-gate-{os.getuid()}"),

@@ -31,7 +31,8 @@ def _spec(ctx: dict, values: dict):
     return RunSpec(model=ctx["model"], dataset=ctx["dataset"], method=ctx["method"],
                    width=float(values.get("width", 1.0)), data_root=ctx.get("data_root"),
                    val_fraction=float(values.get("val_fraction", 0.1)),
-                   limit=int(limit) if limit else None, train=cfg, options=options), lilnetx
+                   limit=int(limit) if limit else None, train=cfg, options=options,
+                   init_from=ctx.get("init_from")), lilnetx
 
 
 class SettledElsewhere(RuntimeError):

@@ -229,3 +229,26 @@ def test_cli_train_from_a_state_dict(dense, capsys):
     s = json.loads(capsys.readouterr().out)
     assert abs(s["init_accuracy"] - out.summary["accuracy"]) <= 0.01
     assert s["init_max_weight_error"] < 0.03
+
+
+def test_search_space_init_from_reaches_each_trial(tmp_path):
+    """YAML `init_from` (top level or per method), relative to the YAML's folder, reaches the
+    trials' RunSpec; a missing file is refused by the preflight, naming the field."""
+    from explorer.preflight import check_starts
+    from explorer.space import load_space
+    from explorer.trial import _spec
+    from lilnetx.errors import ConfigError
+
+    torch.save({}, tmp_path / "start.pt")
+    (tmp_path / "s.yaml").write_text(
+        "model: lenet5\ndataset: digits\nobjectives: {accuracy: max, size_bytes: min}\n"
+        "init_from: start.pt\nmethods:\n  lilnetx: {params: {lambda_rate: 1.0}}\n"
+        "  dense: {init_from: other.pt}\n")
+    space = load_space(tmp_path / "s.yaml")
+    assert space.methods["lilnetx"]["init_from"] == str(tmp_path / "start.pt")
+    ctx = {"model": "lenet5", "dataset": "digits", "method": "lilnetx", "fixed": {},
+           "init_from": space.methods["lilnetx"]["init_from"]}
+    spec, _ = _spec(ctx, {"lambda_rate": 1.0})
+    assert spec.init_from == str(tmp_path / "start.pt")
+    with pytest.raises(ConfigError, match=r"^methods\.dense\.init_from: .*other\.pt"):
+        check_starts(space)
