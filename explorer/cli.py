@@ -92,6 +92,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     t.add_argument("--limit", type=_pos_int("--limit"), default=None,
                    help="use at most this many training examples")
     t.add_argument("--data-root", default=None)
+    _data_flags(t)
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     t.add_argument("--out", default=None, help="write the compressed model to this .lnx file")
     t.add_argument("--onnx", default=None, help="also write the slim network as ONNX (needs --out)")
@@ -108,6 +109,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     e.add_argument("file")
     e.add_argument("--dataset", required=True)
     e.add_argument("--data-root", default=None)
+    _data_flags(e)
     e.add_argument("--device", default=None)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
@@ -171,6 +173,18 @@ def require_extra(extra: str, command: str) -> None:
         raise UsageError(f"`lilnetx {command}` needs the [{extra}] extra (missing: "
                          f"{', '.join(missing)}); install it with: pip install "
                          f"'lilnetx-explorer[{extra}]'")
+
+
+def _data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-size", type=_pos_int("--image-size"), default=None,
+                        help="imagefolder: side of the (square) crops, default 32")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader processes for data read from disk (default min(4, CPUs))")
+
+
+def _data_options(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in (("image_size", args.image_size), ("workers", args.workers))
+            if v is not None}
 
 
 def _method_flags(parser: argparse.ArgumentParser) -> None:
@@ -263,7 +277,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     options = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
     spec = RunSpec(model=args.model, dataset=args.dataset, method=args.method, width=args.width,
                    data_root=args.data_root, limit=args.limit, train=cfg, options=options,
-                   init_from=args.init_from).validate()
+                   init_from=args.init_from, data_options=_data_options(args)).validate()
     prog, cb, state = _progress(not args.json)
     if prog is not None:
         try:
@@ -320,7 +334,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 
     c = fileformat.read(args.file)
     net = fileformat.build_network(c)
-    splits = lilnetx.create_dataset(args.dataset, args.data_root)
+    splits = lilnetx.create_dataset(args.dataset, args.data_root, **_data_options(args))
     info = splits.info
     arch = c.arch
     if (info.channels, info.height, info.num_classes) != (
@@ -330,7 +344,8 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
             f"{info.num_classes} classes) does not fit the model (inputs "
             f"{arch.get('in_channels')}x{arch.get('image_size')}, {arch.get('num_classes')} classes)")
     device = lilnetx.pick_device(args.device)
-    acc = lilnetx.evaluate_accuracy(net.to(device), splits.test, device=device)
+    acc = lilnetx.evaluate_accuracy(net.to(device), splits.test, device=device,
+                                    workers=splits.workers)
     return {"accuracy": acc, "dataset": args.dataset, "file": args.file,
             "size_bytes": c.size_bytes, "test_examples": len(splits.test)}
 

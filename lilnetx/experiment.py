@@ -40,6 +40,8 @@ class RunSpec:
     train: TrainConfig = field(default_factory=TrainConfig)
     options: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
+    """Options of the data set's loader (``image_size``, ``workers`` for ``imagefolder``)."""
 
     def validate(self) -> RunSpec:
         self.create_method()
@@ -126,7 +128,7 @@ def run(spec: RunSpec, progress: Callable[[dict], None] | None = None) -> RunOut
     if spec.train.lr is None:
         spec = replace(spec, train=replace(spec.train, lr=method.default_lr))
     splits = create_dataset(spec.dataset, spec.data_root, val_fraction=spec.val_fraction,
-                            seed=spec.train.seed, limit=spec.limit)
+                            seed=spec.train.seed, limit=spec.limit, **spec.data_options)
     model = build(spec, splits, method)
     init = _start_network(spec, splits) if spec.init_from else None
     result = method.train(model, splits, spec.train, progress, init=init)
@@ -143,8 +145,10 @@ def measure(spec: RunSpec, model: nn.Module, splits: DataSplits, result: TrainRe
     plain.eval()
     evaluated = plain.to(device)
     summary = {
-        "accuracy": evaluate_accuracy(evaluated, splits.test, device=device),
-        "val_accuracy": evaluate_accuracy(evaluated, splits.val, device=device),
+        "accuracy": evaluate_accuracy(evaluated, splits.test, device=device,
+                                      workers=splits.workers),
+        "val_accuracy": evaluate_accuracy(evaluated, splits.val, device=device,
+                                          workers=splits.workers),
     }
     plain = evaluated.cpu()
     layers = layer_stats(model) if isinstance(model, LilNetXModel) else plain_layer_stats(plain)

@@ -263,3 +263,21 @@ def test_seeded_fit_on_files_is_reproducible(shapes_root):
     first = train(0)
     assert train(0) == first
     assert train(1) != first
+
+
+def test_cli_train_and_evaluate_take_image_size_and_workers(shapes_root, tmp_path):
+    """`lilnetx train/evaluate --image-size --workers` reach the imagefolder loader: the file's
+    architecture records the chosen size, evaluate reads the folder at that size, and another
+    size does not fit the model."""
+    from explorer import cli
+
+    out = tmp_path / "m.lnx"
+    args = ["--dataset", f"imagefolder:{shapes_root}", "--workers", "0"]
+    assert cli.main(["train", "--model", "mlp", "--epochs", "1", "--batch-size", "64", *args,
+                     "--image-size", "20", "--out", str(out), "--no-latency", "--json"]) == 0
+    arch = lilnetx.fileformat.read(out).arch
+    assert arch["image_size"] == 20 and arch["in_channels"] == 3
+    assert cli.main(["evaluate", str(out), *args, "--image-size", "20", "--json"]) == 0
+    with pytest.raises(lilnetx.ConfigError, match="does not fit"):
+        cli.cmd_evaluate(cli.build_parser(["evaluate"]).parse_args(
+            ["evaluate", str(out), *args, "--image-size", "24"]))

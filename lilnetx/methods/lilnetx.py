@@ -51,7 +51,8 @@ class LilNetX(Method):
 
         report = latents_from_weights(model, init, levels=self.options["init_levels"])
         dev = pick_device(device)
-        acc = evaluate_accuracy(decode(model).to(dev), splits.test, device=dev)
+        acc = evaluate_accuracy(decode(model).to(dev), splits.test, device=dev,
+                                workers=splits.workers)
         return {"init_max_weight_error": report.max_weight_error, "init_accuracy": acc}
 
     def metrics(self, model: nn.Module) -> dict[str, float]:
