@@ -20,7 +20,9 @@ class LnxModel(mlflow.pyfunc.PythonModel):
 
         c = fileformat.read(context.artifacts["model"])
         self.net = fileformat.build_network(c).eval()
-        self.input_shape = (c.arch["in_channels"], c.arch["image_size"], c.arch["image_size"])
+        shape = c.arch.get("input_shape")  # a graph architecture records (C, H, W)
+        self.input_shape = (tuple(int(v) for v in shape) if shape else
+                            (c.arch["in_channels"], c.arch["image_size"], c.arch["image_size"]))
 
     def predict(self, context, model_input, params=None):
         import torch

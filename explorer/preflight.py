@@ -116,19 +116,16 @@ def check_model(model: str, info, width: float, field: str) -> None:
     from lilnetx.models import create_model
 
     what = f"{info.channels}x{info.height}x{info.width}, {info.num_classes} classes"
-    if isinstance(model, dict):
-        raise ConfigError(f"model: a factory model ({_short(model.get('factory'))}) trains, but "
-                          "cannot be written to a .lnx file yet (it has no portable "
-                          "architecture description), so a sweep could not measure its size; "
-                          "register it with lilnetx.register_model or a lilnetx.models entry "
-                          "point and name it instead")
-    arch = registry_arch(model, in_channels=info.channels, image_size=info.height,
-                         num_classes=info.num_classes, width=width)
-    try:
-        check_architecture(arch)
-    except LilNetXError as e:
-        raise ConfigError(f"{field}: {model} at width {width:g} cannot be stored: "
-                          f"{_short(e)}") from None
+    name = _short(model.get("factory")) if isinstance(model, dict) else model
+    if not isinstance(model, dict):  # a factory model is checked on its meta network below
+        arch = registry_arch(model, in_channels=info.channels, image_size=info.height,
+                             num_classes=info.num_classes, width=width)
+        try:
+            check_architecture(arch)
+        except LilNetXError as e:
+            raise ConfigError(f"{field}: {model} at width {width:g} cannot be stored: "
+                              f"{_short(e)}") from None
+    net = None
     try:
         with torch.device("meta"):
             net = create_model(model, in_channels=info.channels, image_size=info.height,
@@ -137,11 +134,37 @@ def check_model(model: str, info, width: float, field: str) -> None:
     except LilNetXError as e:
         raise ConfigError(f"model: {e}") from None
     except Exception as e:  # a shape mismatch deep inside the user's or torchvision's network
-        raise ConfigError(f"model: {model} cannot run on {info.name} inputs ({what}): "
+        if isinstance(model, dict) and net is not None and "meta" in str(e):
+            # a data-dependent forward (it reads values): fx, which the file needs, says why
+            check_factory_model(net, name)
+            return
+        raise ConfigError(f"model: {name} cannot run on {info.name} inputs ({what}): "
                           f"{type(e).__name__}: {_short(e)}") from None
     if tuple(out.shape) != (2, info.num_classes):
-        raise ConfigError(f"model: {model} on {info.name} inputs ({what}) gives outputs of shape "
+        raise ConfigError(f"model: {name} on {info.name} inputs ({what}) gives outputs of shape "
                           f"{tuple(out.shape)}, but (N, {info.num_classes}) logits are needed")
+    if isinstance(model, dict):
+        check_factory_model(net, name)
+
+
+def check_factory_model(net, name: str) -> None:
+    """A factory model's file records its traced graph: its size must fit the ``.lnx`` budget
+    and ``torch.fx`` must be able to trace it (checked on the meta network; whether every
+    operator is in the graph allowlist is known only when a trial describes the trained
+    network, and a trial that cannot is failed with the reason)."""
+    import torch.fx
+
+    from lilnetx.fileformat.limits import MAX_PARAMS
+
+    count = sum(t.numel() for t in [*net.parameters(), *net.buffers()])
+    if count > MAX_PARAMS:
+        raise ConfigError(f"model: {name} holds {count:,} parameters and buffers, more than the "
+                          f"{MAX_PARAMS:,} a .lnx file may hold")
+    try:
+        torch.fx.symbolic_trace(net)
+    except Exception as e:  # the user's forward, traced symbolically
+        raise ConfigError(f"model: {name} cannot be traced with torch.fx, so its file could "
+                          f"not record its graph: {type(e).__name__}: {_short(e)}") from None
 
 
 def _writable_dir(path: Path, what: str) -> None:

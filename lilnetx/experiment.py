@@ -88,13 +88,33 @@ def param_count(net: nn.Module) -> int:
     return int(sum(p.numel() for p in net.parameters()))
 
 
-def arch_of(spec: RunSpec, splits: DataSplits) -> dict:
+def data_description(info) -> dict:
+    """What a file records of the data its network expects (name, normalization, shape)."""
+    return {"name": str(info.name)[:200], "mean": list(info.mean), "std": list(info.std),
+            "channels": info.channels, "height": info.height, "width": info.width}
+
+
+def arch_of(spec: RunSpec, splits: DataSplits) -> dict | None:
+    """The registry description of the run's network; ``None`` for a factory model (the user's
+    code), whose file records its traced graph instead (:func:`graph_arch`)."""
+    if isinstance(spec.model, dict):
+        return None
     info = splits.info
     return registry_arch(
         spec.model, in_channels=info.channels, image_size=info.height,
-        num_classes=info.num_classes, width=spec.width,
-        data={"name": info.name, "mean": list(info.mean), "std": list(info.std),
-              "channels": info.channels, "height": info.height, "width": info.width})
+        num_classes=info.num_classes, width=spec.width, data=data_description(info))
+
+
+def graph_arch(plain: nn.Module, splits: DataSplits) -> dict:
+    """The graph description of a trained network with no registry name, traced on two test
+    images (:func:`lilnetx.fileformat.graphtrace.describe`), with the data it expects."""
+    from lilnetx.fileformat.graphtrace import describe
+
+    n = min(2, len(splits.test))
+    example = torch.stack([splits.test[i][0] for i in range(n)])
+    arch = describe(plain, example)
+    arch["data"] = data_description(splits.info)
+    return arch
 
 
 def build(spec: RunSpec, splits: DataSplits, method: Method | None = None) -> nn.Module:
@@ -172,6 +192,8 @@ def finalize(outcome: RunOutcome, path: str, *, latency: bool = True,
     """
     from lilnetx.deploy.export import write_and_measure
 
+    if outcome.arch is None:
+        outcome.arch = graph_arch(outcome.plain, outcome.splits)
     metrics, outcome.slim = write_and_measure(
         outcome.model, outcome.plain, path, dense_bytes=outcome.summary["dense_bytes"],
         latency=latency, onnx_path=onnx_path, arch=outcome.arch,

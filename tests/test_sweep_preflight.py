@@ -182,13 +182,30 @@ def test_dataset_factory_is_checked_and_loaded(tmp_path, capsys, monkeypatch):
     assert check_data_and_model(s) == {"channels": 1, "height": 8, "width": 8, "num_classes": 3}
 
 
-def test_factory_model_is_refused_with_the_reason(tmp_path, capsys, monkeypatch):
+def test_factory_model_checked_on_its_meta_network(tmp_path, capsys, monkeypatch):
+    """A factory model runs on a dummy batch on the meta device and must be traceable by
+    torch.fx (its file records its graph): a forward with data-dependent control flow is
+    refused before anything starts, naming the reason."""
     (tmp_path / "usernet.py").write_text(
         "from torch import nn\n"
-        "def build(in_channels, image_size, num_classes):\n"
+        "class Branchy(nn.Module):\n"
+        "    def __init__(self, c, k):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(c * 64, k)\n"
+        "    def forward(self, x):\n"
+        "        if x.sum() > 0:\n"
+        "            x = -x\n"
+        "        return self.fc(x.flatten(1))\n"
+        "def plain(in_channels, image_size, num_classes):\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, "
-        "num_classes))\n")
+        "num_classes))\n"
+        "def branchy(in_channels, num_classes):\n"
+        "    return Branchy(in_channels, num_classes)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    line = sweep_fails(tmp_path, capsys, space(tmp_path, model="{factory: 'usernet:build'}"))
-    assert line.startswith("error: model: a factory model (usernet:build) trains, but cannot be "
-                           "written to a .lnx file yet")
+    from explorer.preflight import check_data_and_model
+    from explorer.space import load_space
+
+    ok = load_space(space(tmp_path, model="{factory: 'usernet:plain'}"))
+    assert check_data_and_model(ok)["num_classes"] == 10
+    line = sweep_fails(tmp_path, capsys, space(tmp_path, model="{factory: 'usernet:branchy'}"))
+    assert line.startswith("error: model: usernet:branchy cannot be traced with torch.fx")

@@ -15,7 +15,11 @@ from lilnetx.errors import ConfigError
 
 
 def example_input(arch: dict, batch: int = 1) -> torch.Tensor:
-    """A random input batch (batch, C, S, S) for the architecture description ``arch``."""
+    """A random input batch (batch, C, S, S) for the architecture description ``arch``; for a
+    graph architecture, (batch, *input_shape), the shape it was traced with."""
+    shape = arch.get("input_shape")
+    if arch.get("kind") == "graph" and isinstance(shape, list | tuple):
+        return torch.randn(batch, *(int(s) for s in shape))
     s = int(arch["image_size"])
     return torch.randn(batch, int(arch["in_channels"]), s, s)
 
@@ -75,13 +79,18 @@ def latency_metrics(slim_net: nn.Module, plain: nn.Module,
 def write_and_measure(model, plain: nn.Module, path: str | os.PathLike, *,
                       dense_bytes: int, latency: bool = True, onnx_path: str | None = None,
                       arch: dict | None = None, quantized: dict | None = None,
-                      encode=None) -> tuple[dict, nn.Module]:
+                      encode=None, example_input: torch.Tensor | None = None
+                      ) -> tuple[dict, nn.Module]:
     """Save ``model`` as ``.lnx`` at ``path``; size, compression and slim metrics, and the slim
     network. ``encode(model, arch) -> bytes`` (a method's encoder) makes the file's bytes;
-    without it :func:`lilnetx.fileformat.save` stores the model by its kind."""
+    without it :func:`lilnetx.fileformat.save` stores the model by its kind. Without ``arch``
+    (nor a model ``arch``), ``example_input`` (N, C, H, W) makes it the traced graph
+    (:func:`lilnetx.fileformat.describe_graph`)."""
     parent = os.path.dirname(os.path.abspath(os.fspath(path)))
     os.makedirs(parent, exist_ok=True)
-    arch = arch or model.arch
+    arch = arch or getattr(model, "arch", None)
+    if not arch and example_input is not None:
+        arch = fileformat.describe_graph(model, example_input)
     if encode is None:
         size = fileformat.save(model, path, arch=arch, quantized=quantized)
     else:

@@ -1,7 +1,8 @@
 """Architecture descriptions: plain JSON that says how to rebuild a network without pickle.
 
 The description of a built-in or torchvision model is its registry name and constructor
-arguments::
+arguments (any other network is described by its graph, ``"kind": "graph"``, see
+:mod:`lilnetx.fileformat.graph`)::
 
     {"kind": "registry", "model": "resnet20", "in_channels": 3, "image_size": 32,
      "num_classes": 10, "width": 1.0, "data": {"name": "cifar10", "mean": [...], "std": [...]}}
@@ -70,11 +71,20 @@ def _create(kwargs: dict) -> nn.Module:
                           ) from None
 
 
+def _graph(arch) -> bool:
+    return isinstance(arch, dict) and arch.get("kind") == "graph"
+
+
 def build_from_arch(arch: dict) -> nn.Module:
-    """A freshly initialized network of the described architecture (weights to be loaded).
+    """A freshly initialized network of the described architecture (weights to be loaded; a
+    graph architecture's tensors are zero).
 
     Allocates every parameter: call :func:`check_architecture` first for a description that
     comes from a file."""
+    if _graph(arch):
+        from lilnetx.fileformat import graph
+
+        return graph.build_from_arch(arch)
     return _create(_arguments(arch))
 
 
@@ -115,7 +125,12 @@ def meta_network(arch: dict) -> tuple[nn.Module, int]:
     """The described network on the ``meta`` device (shapes only) and its parameter count.
 
     Raises :class:`FormatError` for a bad description or a network holding more than
-    :data:`~lilnetx.fileformat.limits.MAX_PARAMS` numbers (parameters and buffers)."""
+    :data:`~lilnetx.fileformat.limits.MAX_PARAMS` numbers (parameters and buffers). A graph
+    architecture is also run once on a meta input (:func:`lilnetx.fileformat.graph.meta_network`)."""
+    if _graph(arch):
+        from lilnetx.fileformat import graph
+
+        return graph.meta_network(arch)
     kwargs = _arguments(arch)
     try:
         with torch.device("meta"), _ShapeOnly():

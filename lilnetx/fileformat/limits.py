@@ -38,6 +38,25 @@ MAX_JSON_DIGITS = 30
 MAX_MESSAGE_CHARS = 100
 """Values quoted in error messages are cut to about this many characters."""
 
+MAX_GRAPH_NODES = 2048
+"""Most nodes of a ``"kind": "graph"`` architecture (torchvision's largest traceable classifiers:
+EfficientNet-V2-L 1,094 nodes, DenseNet-201 713, ResNet-152 517): the reader runs the graph once on
+the meta device to check it, about 0.2 ms a node."""
+
+MAX_GRAPH_MODULES = 2048
+"""Most layers and containers a graph architecture may declare (EfficientNet-V2-L has 963
+layers); building one on the meta device takes about 0.2 ms, so the largest graph is checked in
+about a second."""
+
+MAX_NAME_CHARS = 200
+"""Longest module, tensor or operator name in a graph architecture."""
+
+MAX_STRING_CHARS = 64
+"""Longest string constant a graph node may pass to an operator."""
+
+MAX_ACTIVATION = 1 << 31
+"""Most elements one intermediate tensor of a graph may have for one input sample."""
+
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxtuple = 3, 6, 4, 6
 _REPR.maxstring, _REPR.maxlong, _REPR.maxother = 60, 40, 60

@@ -39,6 +39,7 @@ from lilnetx.fileformat.container import (
     read,
     zjson,
 )
+from lilnetx.fileformat.graphtrace import describe
 from lilnetx.fileformat.limits import short
 from lilnetx.fileformat.plan import Plan, check_finite, plan_of
 from lilnetx.layers import convertible_layers
@@ -47,8 +48,9 @@ __all__ = ["MAGIC", "SECTIONS", "VERSION", "Container", "Decoded", "build_networ
            "check_architecture", "decode_file", "decode_latents", "encode_model",
            "encode_plain", "load", "parse", "read", "save"]
 
-_NO_ARCH = ("the model has no architecture description; build it with lilnetx.run/RunSpec or "
-            "pass arch={'model': NAME, 'in_channels': C, 'image_size': S, 'num_classes': K}")
+_NO_ARCH = ("the model has no architecture description; pass example_input=a batch (N, C, H, W) "
+            "to store its graph, or build it with lilnetx.run/RunSpec, or pass arch={'kind': "
+            "'registry', 'model': NAME, 'in_channels': C, 'image_size': S, 'num_classes': K}")
 
 
 def encode_model(model: LilNetXModel, arch: dict | None = None) -> bytes:
@@ -115,7 +117,7 @@ def encode_plain(net: nn.Module, arch: dict, quantized: dict | None = None) -> b
     :func:`lilnetx.methods.quantize.quantize_layers`) as entropy-coded integers with a float32 scale each,
     everything else as float32 (``quantized=None``: the dense fp32 reference)."""
     if not arch:
-        raise FormatError("a plain network needs an architecture description (arch=...)")
+        raise FormatError(_NO_ARCH)
     quantized = quantized or {}
     index: dict = {"layers": [], "groups": [], "floats": [], "decoders": [], "codec": "quant"}
     tables, segments, dec = [], [], []
@@ -140,29 +142,45 @@ def encode_plain(net: nn.Module, arch: dict, quantized: dict | None = None) -> b
     return _pack(arch, index, tables, dec, floats, segments)
 
 
+def _arch_of(model: nn.Module, arch: dict | None, example_input) -> dict:
+    """The architecture ``save`` stores: ``arch``; else the model's registry ``arch``; else,
+    given ``example_input``, the traced graph (:func:`lilnetx.fileformat.graphtrace.describe`); else
+    the model's graph ``arch`` (a network loaded from a graph file)."""
+    if arch:
+        return arch
+    own = getattr(model, "arch", None) or (
+        getattr(model.net, "arch", None) if isinstance(model, LilNetXModel) else None)
+    if isinstance(own, dict) and own.get("kind") != "graph":
+        return own
+    if example_input is not None:
+        return describe(model, example_input)
+    if own:
+        return own
+    raise FormatError(_NO_ARCH)
+
+
 def save(model: nn.Module, path: str | os.PathLike, arch: dict | None = None,
-         quantized: dict | None = None) -> int:
+         quantized: dict | None = None, example_input: torch.Tensor | None = None) -> int:
     """Write ``model`` to ``path`` as a ``.lnx`` file; returns its size in **bytes**.
 
     A :class:`LilNetXModel` is stored by its latents; a plain network by
     :func:`encode_plain` (``quantized`` layers as integers, the rest float32). The file is
     written to a temporary name and renamed, so a reader never sees half a file.
 
+    The architecture is ``arch``, else the model's ``arch`` attribute when it names a registry
+    model, else the network's graph traced on ``example_input`` (a batch (N, C, H, W)): any
+    network of allowlisted operators (:mod:`lilnetx.fileformat.graph`), loaded back without
+    its code.
+
     Raises :class:`FormatError`, writing nothing, for anything :func:`load` would refuse: an
     architecture above :data:`lilnetx.fileformat.limits.MAX_PARAMS` (checked before encoding), one that does
-    not describe ``model``, NaN or Inf in a stored tensor, a file above ``MAX_FILE_BYTES``.
+    not describe ``model``, NaN or Inf in a stored tensor, a file above ``MAX_FILE_BYTES``; and
+    for a network without an architecture description when no ``example_input`` is given.
     """
-    if isinstance(model, LilNetXModel):
-        arch = arch if arch is not None else model.arch
-        if not arch:
-            raise FormatError(_NO_ARCH)
-    elif isinstance(model, nn.Module):
-        arch = arch if arch is not None else getattr(model, "arch", None)
-        if not arch:
-            raise FormatError("a plain network needs an architecture description (arch=...)")
-    else:
+    if not isinstance(model, nn.Module):
         raise FormatError(f"save expects an nn.Module, got {type(model).__name__}")
     try:
+        arch = _arch_of(model, arch, example_input)
         meta_network(arch)  # before encoding: a network over the budget is never encoded
         data = (encode_model(model, arch) if isinstance(model, LilNetXModel)
                 else encode_plain(model, arch, quantized))

@@ -18,6 +18,22 @@ SECTION_LABELS = {
 }
 
 
+def arch_summary(arch: dict) -> dict:
+    """``arch`` as ``inspect`` shows it: a graph architecture's modules and nodes are replaced by
+    their counts and the operators by how often each is used (``call_module:Conv2d``...)."""
+    if arch.get("kind") != "graph":
+        return arch
+    layers = {m["name"]: m["type"] for m in arch["modules"] if "type" in m}
+    ops: dict[str, int] = {}
+    for n in arch["nodes"]:
+        target = layers.get(n.get("target")) if n["op"] == "call_module" else n.get("target")
+        key = f"{n['op']}:{target}" if target is not None else n["op"]
+        ops[key] = ops.get(key, 0) + 1
+    out = {k: v for k, v in arch.items() if k not in ("modules", "nodes")}
+    return {**out, "modules": len(arch["modules"]), "nodes": len(arch["nodes"]),
+            "operators": dict(sorted(ops.items()))}
+
+
 def breakdown(c: Container) -> dict[str, int]:
     """Bytes per part of the file; ``header`` holds magic, section headers, index and checksum."""
     parts = {label: len(c.sections[name]) for name, label in SECTION_LABELS.items()}
@@ -28,7 +44,8 @@ def breakdown(c: Container) -> dict[str, int]:
 def inspect(path: str | os.PathLike) -> dict:
     """Size breakdown and per-layer bits and sparsity of a ``.lnx`` file.
 
-    Keys: ``size_bytes``, ``breakdown`` (bytes by part), ``arch``, ``latent_information_bits``
+    Keys: ``size_bytes``, ``breakdown`` (bytes by part), ``arch`` (for a graph architecture,
+    :func:`arch_summary`), ``latent_information_bits``
     (information content of the latents under the stored tables), ``coding_efficiency``
     (latent payload bytes / information bytes), ``layers`` (per layer: ``name``, ``group``,
     ``shape``, ``params``, ``bits``, ``weight_sparsity`` (zero decoded weights),
@@ -68,7 +85,7 @@ def inspect(path: str | os.PathLike) -> dict:
     return {
         "size_bytes": c.size_bytes,
         "breakdown": parts,
-        "arch": c.arch,
+        "arch": arch_summary(c.arch),
         "latent_information_bits": info_total,
         "coding_efficiency": parts["latent payload"] / info_bytes if info_bytes else None,
         "weight_sparsity": zeros / max(params, 1),
