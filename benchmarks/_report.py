@@ -99,3 +99,12 @@ def command_line(script: str, argv: list[str] | None = None) -> str:
 
 
 __all__ = ["command_line", "cpu_model", "machine", "machine_line", "markers", "write_section"]
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, as /proc/loadavg gives them."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"

@@ -42,7 +42,7 @@ from torch.utils.data import TensorDataset  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import command_line, machine, machine_line, write_section  # noqa: E402
+from _report import command_line, loadavg, machine, machine_line, write_section  # noqa: E402
 
 from lilnetx import fileformat  # noqa: E402
 from lilnetx.core.entropy import _quantize_pmf  # noqa: E402
@@ -415,14 +415,6 @@ def markdown(results: dict, command: str) -> str:
         f"{'yes' if fs['weights_exact'] else 'NO'}.",
     ]
     return "\n".join(lines)
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def main(argv: list[str] | None = None) -> int:

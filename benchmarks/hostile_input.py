@@ -47,7 +47,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tests"))
 
-from _report import command_line, machine, machine_line, write_section  # noqa: E402
+from _report import command_line, loadavg, machine, machine_line, write_section  # noqa: E402
 
 SECTION = "hostile"
 TITLE = "Hostile input: bounded time and memory"
@@ -331,14 +331,6 @@ def code_version() -> str:
 
 def fmt(value, spec: str) -> str:
     return "—" if value is None else format(value, spec)
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def markdown(rows: list[dict], settings: dict, command: str) -> str:

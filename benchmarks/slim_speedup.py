@@ -31,7 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import command_line, machine, machine_line, write_section  # noqa: E402
+from _report import command_line, loadavg, machine, machine_line, write_section  # noqa: E402
 
 from lilnetx import (  # noqa: E402
     RunSpec,
@@ -265,14 +265,6 @@ def compare(a: nn.Module, b: nn.Module, splits) -> dict:
 
 
 # ----------------------------------------------------------------------------- report
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
-
 
 def markdown(res: dict, command: str) -> str:
     st, info, fl = res["settings"], res["model"], res["flops"]
