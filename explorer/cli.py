@@ -376,9 +376,27 @@ def cmd_sweep(args: argparse.Namespace) -> dict | None:
     for m, f in res.fronts.items():
         _print_front(f["front"], space.objectives,
                      f"{res.sweep} [{m}]: front of {len(f['front'])} of {f['finished']} runs, "
-                     f"hypervolume {f['hypervolume']:.4g}")
+                     + _hv_title(f, space.objectives, f.get("log_reference")))
     print(f"{res.finished} finished, {res.failed} failed, {res.seconds:.0f} s", file=sys.stderr)
     return None
+
+
+def _hv_title(f: dict, objectives: dict, log_reference: dict | None) -> str:
+    """``hypervolume 1.4e+04, log10-size_bytes hypervolume 0.123 (ref val_accuracy=0,
+    log10 size_bytes=4.41)``: the log part only when an objective is on a log axis."""
+    from explorer.pareto import log_objectives
+
+    title = f"hypervolume {f['hypervolume']:.4g}"
+    logs = log_objectives(objectives)
+    if not logs or "log_hypervolume" not in f:
+        return title
+    title += f", log10-{'/'.join(logs)} hypervolume {f['log_hypervolume']:.4g}"
+    if log_reference:
+        title += " (ref " + ", ".join(
+            f"{'log10 ' if o in logs else ''}{o}={log_reference[o]:.4g}" for o in objectives) + ")"
+    if f.get("log_excluded"):
+        title += f", {f['log_excluded']} run(s) with a value <= 0 left out of it"
+    return title
 
 
 def _print_front(rows: list[dict], objectives: dict, title: str) -> None:
@@ -436,12 +454,14 @@ def cmd_pareto(args: argparse.Namespace) -> dict | None:
     res = fronts(uri, p.info.experiment_id, p.data.tags[tracking.TAG_SWEEP], objectives)
     out = {"sweep": p.data.tags[tracking.TAG_SWEEP], "experiment_id": p.info.experiment_id,
            "objectives": objectives, "hypervolume": res["hypervolume"], "front": res["front"],
-           "methods": res["methods"], "reference": res["reference"]}
+           "methods": res["methods"], "reference": res["reference"],
+           "log_hypervolume": res["log_hypervolume"], "log_reference": res["log_reference"],
+           "log_objectives": res["log_objectives"], "log_excluded": res["log_excluded"]}
     if args.json:
         return out
     for m, f in res["methods"].items():
         _print_front(f["front"], objectives, f"{out['sweep']} [{m}]: front of {len(f['front'])} "
-                     f"of {f['finished']} runs, hypervolume {f['hypervolume']:.4g}")
+                     f"of {f['finished']} runs, " + _hv_title(f, objectives, res["log_reference"]))
     return None
 
 

@@ -74,3 +74,59 @@ def hypervolume(points: list[dict], objectives: dict[str, str],
     from optuna._hypervolume import compute_hypervolume
 
     return float(compute_hypervolume(losses[inside], ref))
+
+
+# ------------------------------------------------------------------ log hypervolume
+
+#: Metric units measured on a log10 axis by :func:`log_hypervolume` (scale-like, positive);
+#: every other unit (``fraction``: accuracies, sparsities; ``count``) stays linear.
+LOG_UNITS = frozenset({"bytes", "ms", "macs", "bits", "ratio"})
+#: How far past the worst value the log reference lies, in decades: 10% further
+#: multiplicatively, so the reference (and the volume) does not change when a unit does.
+LOG_MARGIN = float(np.log10(1.1))
+
+
+def log_objectives(objectives: dict[str, str]) -> list[str]:
+    """The objectives :func:`log_hypervolume` takes log10 of: those whose searched metric has a
+    unit in :data:`LOG_UNITS` in the metric registry (an unregistered metric stays linear)."""
+    from lilnetx.metrics import METRICS
+
+    return [o for o in objectives
+            if search_metric(o) in METRICS and METRICS.get(search_metric(o)).unit in LOG_UNITS]
+
+
+def to_log(points: list[dict], objectives: dict[str, str]) -> tuple[list[dict], int]:
+    """``points`` with the :func:`log_objectives` values replaced by their log10, and how many
+    points were left out because such a value is <= 0 or not finite (excluded, not clamped)."""
+    logs = [search_metric(o) for o in log_objectives(objectives)]
+    out, excluded = [], 0
+    for p in points:
+        vals = [float(p[k]) for k in logs]
+        if not all(np.isfinite(v) and v > 0 for v in vals):
+            excluded += 1
+            continue
+        out.append({**p, **{k: float(np.log10(v)) for k, v in zip(logs, vals, strict=True)}})
+    return out, excluded
+
+
+def log_reference_point(log_points: list[dict], objectives: dict[str, str]) -> dict[str, float]:
+    """Reference point on transformed values (:func:`to_log`'s points): for a log objective the
+    worst log10 value pushed :data:`LOG_MARGIN` further, else :func:`reference_point`'s rule."""
+    ref = reference_point(log_points, objectives)
+    for o in log_objectives(objectives):
+        vals = [float(p[search_metric(o)]) for p in log_points]
+        if vals:
+            ref[o] = min(vals) - LOG_MARGIN if objectives[o] == "max" else max(vals) + LOG_MARGIN
+    return ref
+
+
+def log_hypervolume(points: list[dict], objectives: dict[str, str],
+                    log_reference: dict[str, float] | None = None) -> float:
+    """Hypervolume with the :func:`log_objectives` on a log10 axis (decades), from
+    ``log_reference`` (transformed values; default :func:`log_reference_point`). Points with a
+    log objective <= 0 are left out (:func:`to_log` counts them). Multiplying a log objective by
+    a constant leaves it unchanged."""
+    pts, _ = to_log(points, objectives)
+    if not pts:
+        return 0.0
+    return hypervolume(pts, objectives, log_reference or log_reference_point(pts, objectives))

@@ -153,12 +153,25 @@ def _reconcile(study, uri: str, experiment_id: str, sweep: str, objectives: dict
 def fronts(uri: str, experiment_id: str, sweep: str, objectives: dict) -> dict:
     """The sweep's fronts from MLflow's finished runs: ``front`` and ``hypervolume`` over all
     methods, and ``methods``: per method its own front and hypervolume, every hypervolume
-    measured from one reference point shared by all methods."""
-    from .pareto import reference_point
+    measured from one reference point shared by all methods.
+
+    Beside each linear hypervolume, ``log_hypervolume``: the same with the ``log_objectives``
+    (bytes, ms, MACs, bits, ratios) on a log10 axis, from ``log_reference`` (transformed values,
+    shared by all methods); runs with such a value <= 0 are left out of it only, and counted
+    in ``log_excluded``."""
+    from .pareto import (
+        log_hypervolume,
+        log_objectives,
+        log_reference_point,
+        reference_point,
+        to_log,
+    )
 
     runs = [r for r in tracking.child_runs(uri, experiment_id, sweep, status="FINISHED")
             if all(search_metric(o) in r.data.metrics for o in objectives)]
     ref = reference_point([r.data.metrics for r in runs], objectives) if runs else None
+    log_pts, log_excluded = to_log([r.data.metrics for r in runs], objectives)
+    log_ref = log_reference_point(log_pts, objectives) if log_pts else None
 
     def front_of(rs):
         points = [r.data.metrics for r in rs]
@@ -170,15 +183,21 @@ def fronts(uri: str, experiment_id: str, sweep: str, objectives: dict) -> dict:
         rows.sort(key=lambda r: [r["metrics"][search_metric(o)] * (-1 if d == "max" else 1)
                                  for o, d in objectives.items()])
         hv = hypervolume([points[i] for i in idx], objectives, ref) if idx else 0.0
-        return rows, hv
+        # all points, not only the linear front: a front point left out (<= 0) may uncover others
+        lhv = log_hypervolume(points, objectives, log_ref) if log_ref else 0.0
+        return rows, hv, lhv
 
-    front, hv = front_of(runs)
+    front, hv, lhv = front_of(runs)
     per = {}
     for m in sorted({r.data.tags.get(tracking.TAG_METHOD, "") for r in runs}):
-        rows, mhv = front_of([r for r in runs if r.data.tags.get(tracking.TAG_METHOD) == m])
-        per[m] = {"front": rows, "hypervolume": mhv, "finished": sum(
-            r.data.tags.get(tracking.TAG_METHOD) == m for r in runs)}
-    return {"front": front, "hypervolume": hv, "methods": per, "reference": ref}
+        mine = [r for r in runs if r.data.tags.get(tracking.TAG_METHOD) == m]
+        rows, mhv, mlhv = front_of(mine)
+        per[m] = {"front": rows, "hypervolume": mhv, "finished": len(mine),
+                  "log_hypervolume": mlhv, "log_reference": log_ref,
+                  "log_excluded": to_log([r.data.metrics for r in mine], objectives)[1]}
+    return {"front": front, "hypervolume": hv, "methods": per, "reference": ref,
+            "log_hypervolume": lhv, "log_reference": log_ref,
+            "log_objectives": log_objectives(objectives), "log_excluded": log_excluded}
 
 
 def check_ray_address(address: str, timeout: float = 10.0) -> None:
@@ -309,9 +328,11 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepResult:
         _settle_after_stop(space, uri, exp_id, sweep, parent_id, storage, interrupted)
         raise
     result = fronts(uri, exp_id, sweep, space.objectives)
-    metrics = {"front_size": len(result["front"]), "hypervolume": result["hypervolume"]}
+    metrics = {"front_size": len(result["front"]), "hypervolume": result["hypervolume"],
+               "log_hypervolume": result["log_hypervolume"]}
     for m, f in result["methods"].items():
         metrics[f"hypervolume.{m}"] = f["hypervolume"]
+        metrics[f"log_hypervolume.{m}"] = f["log_hypervolume"]
         metrics[f"front_size.{m}"] = len(f["front"])
     finished = len(tracking.child_runs(uri, exp_id, sweep, status="FINISHED"))
     failed = len(tracking.child_runs(uri, exp_id, sweep, status="FAILED"))

@@ -12,10 +12,15 @@ import numpy as np
 import pytest
 
 from explorer.pareto import (
+    LOG_MARGIN,
     hypervolume,
+    log_hypervolume,
+    log_objectives,
+    log_reference_point,
     nondominated,
     reference_point,
     search_metric,
+    to_log,
 )
 
 OBJECTIVE_SETS = {
@@ -270,3 +275,83 @@ def test_hypervolume_3d_by_hand():
     ref = {"size_bytes": 2.0, "flops": 2.0, "latency_ms": 2.0}
     # 2x2x1 + 1x1x2 - overlap 1x1x1 = 5
     assert hypervolume(pts, obj, ref) == pytest.approx(5.0)
+
+
+# --------------------------------------------------------------------------- log hypervolume
+
+
+def test_log_objectives_follow_metric_units():
+    assert log_objectives({"accuracy": "max", "size_bytes": "min"}) == ["size_bytes"]
+    assert log_objectives({"compression_ratio": "max", "slice_sparsity": "max"}) == [
+        "compression_ratio"]
+    assert log_objectives({"bits_estimate": "min", "flops": "min", "latency_ms": "min",
+                           "val_accuracy": "max", "not_registered": "min"}) == [
+        "bits_estimate", "flops", "latency_ms"]
+
+
+def log_transformed(points: list[dict], objectives: dict[str, str]) -> list[dict]:
+    """Brute force: log10 of the scale-like objectives, by hand."""
+    logs = {search_metric(o) for o in objectives if o not in ("accuracy", "val_accuracy")
+            and not o.endswith("sparsity")}
+    return [{k: (float(np.log10(v)) if k in logs else v) for k, v in p.items()} for p in points]
+
+
+@pytest.mark.parametrize("n", [1, 5, 20])
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("objectives", list(OBJECTIVE_SETS.values()), ids=list(OBJECTIVE_SETS))
+def test_log_hypervolume_matches_brute_force_on_transformed_points(objectives, seed, n):
+    rng = np.random.default_rng([seed, n, 7])
+    points = [{k: v + (0 if k.endswith(("accuracy", "sparsity")) else 1.0) for k, v in p.items()}
+              for p in random_points(rng, n, objectives, levels=None)]  # all sizes > 0
+    tp = log_transformed(points, objectives)
+    ref = {}
+    for o, d in objectives.items():
+        vals = [p[search_metric(o)] for p in tp]
+        if o in log_objectives(objectives):
+            ref[o] = max(vals) + np.log10(1.1) if d == "min" else min(vals) - np.log10(1.1)
+        else:
+            ref[o] = reference_point(tp, {o: d})[o]
+    assert log_reference_point(to_log(points, objectives)[0], objectives) == pytest.approx(ref)
+    expected = brute_volume(gains(tp, objectives, ref))
+    assert log_hypervolume(points, objectives) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert log_hypervolume(points, objectives, ref) == pytest.approx(expected, rel=1e-9,
+                                                                     abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_log_hypervolume_is_scale_invariant(seed):
+    rng = np.random.default_rng(200 + seed)
+    obj = {"accuracy": "max", "size_bytes": "min", "latency_ms": "min"}
+    pts = [{"val_accuracy": float(rng.uniform(0.1, 1)), "size_bytes": float(rng.uniform(1e3, 1e6)),
+            "latency_ms": float(rng.uniform(0.1, 5))} for _ in range(15)]
+    kb = [{**p, "size_bytes": 1000 * p["size_bytes"]} for p in pts]
+    assert log_hypervolume(kb, obj) == pytest.approx(log_hypervolume(pts, obj), rel=1e-9)
+    assert log_hypervolume(pts, obj) > 0
+    assert hypervolume(kb, obj) == pytest.approx(1000 * hypervolume(pts, obj), rel=1e-9)
+    ref, ref_kb = (log_reference_point(to_log(p, obj)[0], obj) for p in (pts, kb))
+    assert ref_kb["size_bytes"] == pytest.approx(ref["size_bytes"] + 3)
+    assert ref_kb["latency_ms"] == ref["latency_ms"] and ref["accuracy"] == 0.0
+
+
+def test_log_hypervolume_by_hand_and_reference_reported():
+    obj = {"accuracy": "max", "size_bytes": "min"}
+    pts = [{"val_accuracy": 0.5, "size_bytes": 10.0}, {"val_accuracy": 1.0, "size_bytes": 1000.0}]
+    ref = log_reference_point(to_log(pts, obj)[0], obj)
+    assert ref == {"accuracy": 0.0, "size_bytes": pytest.approx(3 + LOG_MARGIN)}
+    # decades of size below the reference: 0.5 x (2 + m) + 1.0 x m - overlap 0.5 x m = 1 + m
+    assert log_hypervolume(pts, obj) == pytest.approx(1 + LOG_MARGIN)
+    assert log_hypervolume(pts, obj, {"accuracy": 0.0, "size_bytes": 4.0}) == pytest.approx(
+        0.5 * 3 + 1.0 * 1 - 0.5 * 1)
+
+
+def test_log_hypervolume_excludes_non_positive_values():
+    obj = {"accuracy": "max", "size_bytes": "min"}
+    good = [{"val_accuracy": 0.5, "size_bytes": 10.0}, {"val_accuracy": 1.0, "size_bytes": 1000.0}]
+    bad = [{"val_accuracy": 0.99, "size_bytes": 0.0}, {"val_accuracy": 0.7, "size_bytes": -5.0},
+           {"val_accuracy": 0.7, "size_bytes": float("nan")}]
+    kept, excluded = to_log(good + bad, obj)
+    assert excluded == 3 and [p["size_bytes"] for p in kept] == pytest.approx([1.0, 3.0])
+    assert log_hypervolume(good + bad, obj) == pytest.approx(log_hypervolume(good, obj))
+    assert log_hypervolume(bad, obj) == 0.0 and log_hypervolume([], obj) == 0.0
+    # accuracy is not transformed: a zero accuracy is kept
+    assert to_log([{"val_accuracy": 0.0, "size_bytes": 1.0}], obj)[1] == 0
