@@ -401,11 +401,12 @@ def _hv_title(f: dict, objectives: dict, log_reference: dict | None) -> str:
 
 def _print_front(rows: list[dict], objectives: dict, title: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from explorer.pareto import search_metric
 
-    t = Table(title=title)
+    t = Table(title=escape(title))  # "[lilnetx]" is a method name, not rich markup
     t.add_column("run")
     cols = [search_metric(o) for o in objectives]
     for extra in ("accuracy", "size_bytes", "slice_sparsity", "latency_ms"):
