@@ -57,7 +57,9 @@ def make_base_file(path: Path) -> None:
             layer.latent.copy_(lat * keep)
             if layer.bias is not None:
                 layer.bias.normal_(0, 0.1, generator=g)
-    fileformat.save(model, path)
+    from lilnetx.fileformat.lnx_v1 import encode_model_v1
+
+    fileformat.write(encode_model_v1(model), path)  # version 1: the layout this file cuts up
 
 
 # ----------------------------------------------------------------------------- file surgery

@@ -50,8 +50,10 @@ KIND = {"arch": 1, "index": 2, "tables": 3, "decoders": 4, "floats": 5, "latents
 
 
 def make_files(folder: Path) -> dict[str, bytes]:
-    """The bytes of three valid files: ``lenet5`` (latent), ``resnet`` (latent, BatchNorm) and
+    """The bytes of three valid files of format version 1 (whose JSON index these cases edit;
+    version 2 has its own hostile cases in tests/test_hostile_v2.py): ``lenet5`` (latent), ``resnet`` (latent, BatchNorm) and
     ``quant`` (a plain lenet5 with 8-bit quantized layers)."""
+    from lilnetx.fileformat.lnx_v1 import encode_model_v1, encode_plain_v1
     from lilnetx.methods.quantize import apply_quantization, quantize_layers
 
     make_base_file(folder / "lenet5.lnx")
@@ -61,13 +63,12 @@ def make_files(folder: Path) -> dict[str, bytes]:
     model = lilnetx.convert(net, width=0.25)
     model.arch = archspec.registry_arch("resnet20", in_channels=1, image_size=8,
                                         num_classes=10, width=0.25)
-    fileformat.save(model, folder / "resnet.lnx")
+    fileformat.write(encode_model_v1(model), folder / "resnet.lnx")
     plain = lilnetx.create_model("lenet5", in_channels=1, image_size=8, num_classes=10)
     q = quantize_layers(plain, 8)
     apply_quantization(plain, q)
-    fileformat.save(plain, folder / "quant.lnx", quantized=q,
-                    arch=archspec.registry_arch("lenet5", in_channels=1, image_size=8,
-                                                num_classes=10))
+    fileformat.write(encode_plain_v1(plain, archspec.registry_arch(
+        "lenet5", in_channels=1, image_size=8, num_classes=10), q), folder / "quant.lnx")
     return {name: (folder / f"{name}.lnx").read_bytes() for name in ("lenet5", "resnet", "quant")}
 
 

@@ -53,8 +53,12 @@ def test_quant_and_imp_start_from_a_state_dict(dense):
     out, paths = dense
     q = run(spec("quant", paths["pt"], bits=8))
     assert q.summary["accuracy"] >= out.summary["accuracy"] - 0.02
+    from lilnetx.core.sidequant import step_exponent
+
     for k, v in out.plain.state_dict().items():
         step = float(v.abs().max()) / 127
+        if not k.endswith("weight"):  # side information: 8 bits on a power-of-two grid
+            step = 2.0 ** step_exponent(float(v.abs().max()), 8)
         assert float((q.plain.state_dict()[k] - v).abs().max()) <= step / 2 + 1e-6, k
     imp = run(spec("imp", paths["pt"], target_sparsity=0.5, phases=1, retrain_epochs=1))
     assert abs(imp.summary["weight_sparsity"] - 0.5) <= 0.01
@@ -80,7 +84,7 @@ def test_lilnetx_init_reproduces_the_dense_network_before_training(dense):
     net = lilnetx.create_model("lenet5", in_channels=1, image_size=8, num_classes=10)
     errors = {}
     for levels in (15, 63):
-        model = lilnetx.convert(net)
+        model = lilnetx.convert(net, side_bits=0)  # float32 side information: copied exactly
         report = latents_from_weights(model, state, levels=levels)
         plain = lilnetx.decode(model)
         acc = lilnetx.evaluate_accuracy(plain, out.splits.test)
@@ -108,7 +112,8 @@ def test_non_weight_state_is_copied_exactly():
     net[1].num_batches_tracked.fill_(7)
     state = {k: v.clone() for k, v in net.state_dict().items()}
     model = lilnetx.convert(nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
-                                          nn.Conv2d(4, 4, 1), nn.Flatten(), nn.Linear(36, 5)))
+                                          nn.Conv2d(4, 4, 1), nn.Flatten(), nn.Linear(36, 5)),
+                            side_bits=0)  # float32 side information: copied exactly
     report = latents_from_weights(model, net, levels=127)
     assert set(report.groups) == {"conv3x3", "conv1x1", "dense"}
     got = lilnetx.decode(model).state_dict()

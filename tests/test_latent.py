@@ -67,9 +67,9 @@ def test_zero_latent_slice_decodes_to_exact_zero_kernel(kind):
     model.eval()
     with torch.no_grad():
         out = model(x)
-    bias = layer.bias.detach()[0]
-    assert torch.equal(out[:, 0], torch.full_like(out[:, 0], float(bias)))
-    assert not torch.equal(out[:, 1], torch.full_like(out[:, 1], float(layer.bias.detach()[1])))
+    bias = layer.effective_bias().detach()  # the bias on its side-information grid
+    assert torch.equal(out[:, 0], torch.full_like(out[:, 0], float(bias[0])))
+    assert not torch.equal(out[:, 1], torch.full_like(out[:, 1], float(bias[1])))
 
 
 def test_round_ste_rounds_forward_and_passes_gradient():
@@ -94,8 +94,8 @@ def test_forward_uses_integer_latents(kind):
         assert not torch.equal(layer.latent, ints)
         out_moved = model(x)
         assert torch.equal(layer.latent_int(), ints)
-        expected_w = (ints @ layer.decoder.weight if ints.shape[1] > 1
-                      else ints * layer.decoder.weight)
+        dec = layer.decoder.effective_weight()  # the decoder on its side-information grid
+        expected_w = ints @ dec if ints.shape[1] > 1 else ints * dec
         assert torch.equal(layer.decoded_weight(), expected_w.reshape(layer.weight_shape))
     assert torch.equal(out_int, out_moved)
 
@@ -108,8 +108,9 @@ def test_straight_through_gradient_is_the_weight_gradient_through_the_decoder():
     # Reference: the gradient of the same loss w.r.t. the decoded weight, mapped back through
     # the linear decoder as if rounding were the identity.
     w = layer.decoded_weight().detach().requires_grad_(True)
-    (F.conv2d(x, w, layer.bias.detach(), layer.stride, layer.padding) * g).sum().backward()
-    s = layer.decoder.weight.detach()
+    (F.conv2d(x, w, layer.effective_bias().detach(), layer.stride, layer.padding)
+     * g).sum().backward()
+    s = layer.decoder.effective_weight().detach()
     expected = w.grad.reshape(layer.latent.shape) @ s.t()
     torch.testing.assert_close(layer.latent.grad, expected, rtol=1e-4, atol=1e-6)
     assert layer.latent.grad.abs().sum() > 0
@@ -185,8 +186,10 @@ def _plain_layers(net: nn.Module) -> list[nn.Module]:
 @pytest.mark.parametrize(("name", "shape"), [("lenet5", (1, 8, 8)), ("resnet20", (3, 16, 16))])
 def test_decode_gives_plain_layers_with_export_weights_and_same_outputs(name, shape):
     c, h, _ = shape
+    # side_bits=0: float32 side information, so the plain BatchNorm is the model's own
+    # (folding and quantization are tests/test_sidequant.py's)
     model = lilnetx.convert(lilnetx.create_model(name, in_channels=c, image_size=h,
-                                                 num_classes=10))
+                                                 num_classes=10), side_bits=0)
     x = torch.randn(8, *shape)
     with torch.no_grad():  # non-trivial BatchNorm running statistics
         model.train()

@@ -270,10 +270,10 @@ def latents_from_weights(model, weights: Mapping[str, torch.Tensor] | nn.Module,
                 for name, layer in layers]
         latents, dec, info = _fit_group(rows, levels)
         decoder = model.decoders[group]
-        decoder.weight.copy_(dec.reshape(decoder.weight.shape))
+        decoder.set_from_matrix(dec.reshape(decoder.rows, decoder.rows))
         for (name, layer), q in zip(layers, latents, strict=True):
             layer.latent.copy_(q.to(layer.latent.dtype))
-            got = decode_exact(layer.latent_int(), decoder.weight, layer.weight_shape)
+            got = decode_exact(layer.latent_int(), decoder.stored_weight(), layer.weight_shape)
             report.layers[name] = float((got - state[f"{name}.weight"]).abs().max())
             targets[f"{name}.weight"] = name
         report.groups[group] = {**info, "max_error": max(report.layers[n] for n, _ in layers)}

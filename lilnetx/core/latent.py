@@ -39,13 +39,14 @@ class _RoundSTE(torch.autograd.Function):
 def decode_exact(latent: torch.Tensor, decoder_weight: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Decode integer latent rows (slices, rows) to a float32 CPU weight of ``shape``.
 
+    ``decoder_weight``: a ``(rows, rows)`` matrix, a ``(rows,)`` diagonal or a ``(1, 1)`` scalar.
     Computed in float64 and cast once: each entry is a short sum of small-integer multiples of
     float32 numbers, exact or nearly so in float64, so the result does not depend on the BLAS
     kernel or device. Both the trained model's export and the file decoder use this function.
     """
     lat = latent.detach().cpu().double()
     w = decoder_weight.detach().cpu().double()
-    out = lat * w.reshape(()) if w.numel() == 1 else lat @ w
+    out = lat @ w if w.dim() == 2 and w.shape[0] > 1 else lat * w.reshape(1, -1)
     return out.reshape(shape).float()
 
 
@@ -57,31 +58,74 @@ def group_key(module: nn.Module) -> str:
     return f"conv{kh}x{kw}"
 
 
+DECODER_FORMS = ("full", "diagonal", "scalar")
+"""Forms of a k x k group's decoder: the paper's ``(k², k²)`` matrix, one scale per kernel
+position, or one scale for the group. Dense and 1 x 1 groups always have a scalar."""
+
+
 class GroupDecoder(nn.Module):
     """Shared linear decoder of one group, with no shift.
 
-    ``rows = k*k``: a ``(k*k, k*k)`` matrix ``S`` decodes a latent row ``r`` to ``r @ S``;
-    ``rows = 1`` (dense and 1x1 convs): a scalar ``s`` decodes ``r`` to ``s * r``.
+    ``rows = k*k``: ``form="full"``, a ``(k*k, k*k)`` matrix ``S`` decodes a latent row ``r`` to
+    ``r @ S``; ``"diagonal"``, a ``(k*k,)`` vector ``d`` decodes it to ``r * d``; ``"scalar"``
+    (and always for ``rows = 1``: dense and 1x1 convs), a ``(1, 1)`` scalar ``s`` to ``s * r``.
+
+    ``bits`` > 0: the forward pass uses the decoder quantized to ``bits``
+    (:func:`lilnetx.core.sidequant.quantize`, straight-through), the values the file stores.
     """
 
-    def __init__(self, rows: int, init_var: float):
+    def __init__(self, rows: int, init_var: float, form: str = "full", bits: int = 0):
         super().__init__()
         self.rows = int(rows)
-        if self.rows == 1:
+        if form not in DECODER_FORMS:
+            from lilnetx.errors import ConfigError
+
+            raise ConfigError(f"decoder must be one of {', '.join(DECODER_FORMS)}, "
+                              f"but got {form!r}")
+        self.form = "scalar" if self.rows == 1 else form
+        self.bits = int(bits)
+        if self.form == "scalar":
             # A scalar drawn from N(0, var) can start near zero and silence a layer; its expected
             # magnitude is a safer start and keeps the decoded variance the init targets.
             self.weight = nn.Parameter(torch.full((1, 1), math.sqrt(init_var)))
+        elif self.form == "diagonal":
+            self.weight = nn.Parameter(torch.full((self.rows,), math.sqrt(init_var)))
         else:
             # Entries ~ N(0, var / rows): a decoded entry sums `rows` products, so its variance
             # matches the scalar case and the init target 2 / fan_out (method.md sec. 2).
             self.weight = nn.Parameter(torch.randn(self.rows, self.rows) * math.sqrt(init_var / self.rows))
 
+    def effective_weight(self) -> torch.Tensor:
+        """The decoder the forward pass uses (quantized straight-through when ``bits`` > 0)."""
+        from lilnetx.core.sidequant import quantize_ste
+
+        return quantize_ste(self.weight, self.bits)
+
+    @torch.no_grad()
+    def stored_weight(self) -> torch.Tensor:
+        """The decoder as the file stores it: float32 on the CPU, quantized to ``bits``."""
+        from lilnetx.core.sidequant import quantize
+
+        return quantize(self.weight.detach().float(), self.bits).cpu()
+
+    @torch.no_grad()
+    def set_from_matrix(self, matrix: torch.Tensor) -> None:
+        """Set the decoder from a ``(rows, rows)`` matrix (its diagonal, or the mean of it,
+        for the diagonal and scalar forms)."""
+        m = matrix.to(self.weight)
+        if self.form == "full":
+            self.weight.copy_(m)
+        elif self.form == "diagonal":
+            self.weight.copy_(torch.diagonal(m))
+        else:
+            self.weight.copy_(torch.diagonal(m.reshape(self.rows, self.rows)).mean().reshape(1, 1))
+
     def forward(self, latent_rows: torch.Tensor) -> torch.Tensor:
         """(slices, rows) latent values -> (slices, rows) weight values (same dtype as input)."""
-        w = self.weight.to(latent_rows.dtype)
-        if self.rows == 1:
-            return latent_rows * w
-        return latent_rows @ w
+        w = self.effective_weight().to(latent_rows.dtype)
+        if self.form == "full":
+            return latent_rows @ w
+        return latent_rows * w.reshape(1, -1)
 
 
 class _LatentMixin:
@@ -123,13 +167,27 @@ class _LatentMixin:
         Computed in float64 and cast once, so the result does not depend on the BLAS kernel or
         the device: the compressed file decodes to exactly these values.
         """
-        return decode_exact(self.latent_int(), self.decoder.weight, self.weight_shape)
+        return decode_exact(self.latent_int(), self.decoder.stored_weight(), self.weight_shape)
+
+    def effective_bias(self) -> torch.Tensor | None:
+        """The bias the forward pass uses: quantized straight-through to the decoder's ``bits``
+        (the side-information precision of the model), as the file stores it."""
+        from lilnetx.core.sidequant import quantize_ste
+
+        return quantize_ste(self.bias, self.decoder.bits)
+
+    @torch.no_grad()
+    def _stored_bias(self) -> torch.Tensor:
+        from lilnetx.core.sidequant import quantize
+
+        return quantize(self.bias.detach().float(), self.decoder.bits).cpu()
 
 
 class LatentConv2d(_LatentMixin, nn.Module):
     """A ``nn.Conv2d`` whose weight is decoded from an integer latent.
 
-    Keeps the original's stride, padding, dilation, groups and padding mode; the bias stays float.
+    Keeps the original's stride, padding, dilation, groups and padding mode; the bias stays float
+    (quantized to the side-information ``bits`` straight-through when they are > 0).
     """
 
     def __init__(self, conv: nn.Conv2d, decoded_var: float):
@@ -148,8 +206,10 @@ class LatentConv2d(_LatentMixin, nn.Module):
         weight = self.decoded_weight()
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding, mode=self.padding_mode)
-            return F.conv2d(x, weight, self.bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return F.conv2d(x, weight, self.effective_bias(), self.stride, 0, self.dilation,
+                            self.groups)
+        return F.conv2d(x, weight, self.effective_bias(), self.stride, self.padding, self.dilation,
+                        self.groups)
 
     def to_dense(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` holding :meth:`export_weight`."""
@@ -159,7 +219,7 @@ class LatentConv2d(_LatentMixin, nn.Module):
         )
         conv.weight.data.copy_(self.export_weight())
         if self.bias is not None:
-            conv.bias.data.copy_(self.bias.detach().cpu())
+            conv.bias.data.copy_(self._stored_bias())
         return conv
 
     def extra_repr(self) -> str:
@@ -179,14 +239,14 @@ class LatentLinear(_LatentMixin, nn.Module):
         self.bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.decoded_weight(), self.bias)
+        return F.linear(x, self.decoded_weight(), self.effective_bias())
 
     def to_dense(self) -> nn.Linear:
         """A plain ``nn.Linear`` holding :meth:`export_weight`."""
         lin = nn.Linear(self.in_features, self.out_features, self.bias is not None)
         lin.weight.data.copy_(self.export_weight())
         if self.bias is not None:
-            lin.bias.data.copy_(self.bias.detach().cpu())
+            lin.bias.data.copy_(self._stored_bias())
         return lin
 
     def extra_repr(self) -> str:

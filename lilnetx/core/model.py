@@ -13,8 +13,16 @@ import torch
 from torch import nn
 
 from lilnetx.core.entropy import FactorizedPrior
-from lilnetx.core.latent import GroupDecoder, LatentConv2d, LatentLayer, LatentLinear, group_key
+from lilnetx.core.latent import (
+    DECODER_FORMS,
+    GroupDecoder,
+    LatentConv2d,
+    LatentLayer,
+    LatentLinear,
+    group_key,
+)
 from lilnetx.core.priors import _EPS as _SLICE_EPS
+from lilnetx.core.sidequant import DEFAULT_SIDE_BITS, check_side_bits, quantize_side_state
 from lilnetx.errors import ConfigError
 from lilnetx.layers import convertible_layers
 
@@ -84,6 +92,11 @@ class LilNetXModel(nn.Module):
             out.setdefault(layer.group, []).append((name, layer))
         return out
 
+    @property
+    def side_bits(self) -> int:
+        """Bits of the side information (decoders, biases, BatchNorm); 0: float32."""
+        return next((d.bits for d in self.decoders.values()), 0)
+
     def latent_parameters(self) -> list[nn.Parameter]:
         return [layer.latent for _, layer in self.latent_layers()]
 
@@ -139,6 +152,8 @@ def convert(
     boundary: int = 3,
     width: float = 1.0,
     filters: tuple[int, ...] = (3, 3, 3),
+    decoder: str = "full",
+    side_bits: int = DEFAULT_SIDE_BITS,
 ) -> LilNetXModel:
     """Reparameterize every ``nn.Conv2d`` and ``nn.Linear`` of ``model`` in latent space.
 
@@ -150,6 +165,12 @@ def convert(
         boundary: ``B`` of the reference initialization (sec. 2).
         width: network width multiplier used by the reference decoder initialization.
         filters: hidden widths of the probability models.
+        decoder: form of every k x k group's decoder (:data:`~lilnetx.core.latent.DECODER_FORMS`:
+            ``full`` is the paper's ``k² x k²`` matrix, ``diagonal`` one scale per kernel
+            position, ``scalar`` one per group).
+        side_bits: precision of the side information (decoders, biases, BatchNorm, other float
+            state), trained straight-through and stored as integers with a power-of-two step
+            (:mod:`lilnetx.core.sidequant`); 0 keeps it float32.
 
     Returns a :class:`LilNetXModel` on the device of ``model``'s first parameter.
     """
@@ -157,6 +178,10 @@ def convert(
         raise ConfigError(f"convert expects a torch.nn.Module, but got {type(model).__name__}")
     if isinstance(model, LilNetXModel):
         raise ConfigError("model is already converted to LilNetX")
+    check_side_bits(side_bits)
+    if decoder not in DECODER_FORMS:
+        raise ConfigError(f"decoder must be one of {', '.join(DECODER_FORMS)}, but got "
+                          f"{decoder!r}")
     if boundary < 1 or width <= 0:
         raise ConfigError(f"boundary must be >= 1 and width > 0, but got {boundary}, {width}")
     net = copy.deepcopy(model)
@@ -174,7 +199,7 @@ def convert(
         key = group_key(module)
         rows = 1 if isinstance(module, nn.Linear) else module.kernel_size[0] * module.kernel_size[1]
         if key not in decoders:
-            decoders[key] = GroupDecoder(rows, var)
+            decoders[key] = GroupDecoder(rows, var, decoder, side_bits)
             priors[key] = FactorizedPrior(rows, filters)
         new = (LatentLinear(module, var) if isinstance(module, nn.Linear)
                else LatentConv2d(module, var))
@@ -195,13 +220,16 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 def decode(model: LilNetXModel) -> nn.Module:
     """A plain network (on the CPU) with every latent layer replaced by its decoded, rounded layer.
 
-    The weights are exactly those the compressed file stores (see ``export_weight``). The copy
-    keeps the train/eval mode of ``model.net``.
+    The weights are exactly those the compressed file stores (see ``export_weight``), and so is
+    the rest of the state: with ``side_bits`` > 0 every BatchNorm is folded into its weight and
+    bias and every float tensor quantized (:func:`~lilnetx.core.sidequant.quantize_side_state`).
+    The copy keeps the train/eval mode of ``model.net``.
     """
     if not isinstance(model, LilNetXModel):
         raise ConfigError(f"decode expects a LilNetXModel from lilnetx.convert, got {type(model).__name__}")
     memo = {id(layer): layer.to_dense() for _, layer in model.latent_layers()}
     for d in model.decoders.values():
         memo[id(d)] = d  # never copied: dense layers do not hold decoders
-    plain = copy.deepcopy(model.net, memo)
-    return plain.cpu()
+    plain = copy.deepcopy(model.net, memo).cpu()
+    coded = {f"{name}.weight" for name, _ in model.latent_layers()}
+    return quantize_side_state(plain, model.side_bits, coded)

@@ -57,7 +57,7 @@ def decode(words: np.ndarray, segments: list[tuple[int, int, np.ndarray]]) -> li
         idx = coder.decode(_model(freqs), count)
         out.append(idx.astype(np.int64) + lo)
     if not coder.is_empty():
-        raise FormatError("the latent stream holds more data than the index describes")
+        raise FormatError("the stream holds more data than the index describes")
     return out
 
 

@@ -1,5 +1,6 @@
 """The ``.lnx`` container: header, sections and checksum, and the encoding of its JSON sections.
 
+Version 1 (read, no longer written; version 2 is :mod:`lilnetx.fileformat.compact`).
 Layout (little-endian)::
 
     magic b"LNX\\x00" | version u16 | section count u16
@@ -33,7 +34,10 @@ from lilnetx.fileformat.limits import (
 )
 
 MAGIC = b"LNX\x00"
-VERSION = 1
+VERSION = 2
+"""The version :func:`lilnetx.fileformat.save` writes (:mod:`lilnetx.fileformat.compact`)."""
+VERSIONS = (1, 2)
+"""The versions this reader decodes (version 1: this module's layout, JSON index)."""
 SECTIONS = {1: "arch", 2: "index", 3: "tables", 4: "decoders", 5: "floats", 6: "latents"}
 KIND = {v: k for k, v in SECTIONS.items()}
 HEAD = struct.Struct("<4sHH")
@@ -47,8 +51,9 @@ class Container:
 
     sections: dict[str, bytes | memoryview]
     arch: dict
-    index: dict
+    index: dict  # version 1's JSON index; {} for version 2 (its index is a binary section)
     size_bytes: int
+    version: int = 1
 
 
 def zjson(obj, what: str) -> bytes:
@@ -103,6 +108,12 @@ def unzjson(data: bytes | memoryview, what: str) -> dict:
         raise FormatError(f"{what} section decompresses to more than {MAX_JSON_BYTES} bytes")
     if not d.eof or d.unused_data:
         raise FormatError(f"{what} section is truncated or followed by garbage")
+    return parse_json(raw, what)
+
+
+def parse_json(raw: bytes, what: str) -> dict:
+    """The JSON object in ``raw`` (already bounded in size), refusing what :func:`unzjson`
+    refuses: huge integers, non-finite numbers, deep nesting, anything but an object."""
     try:
         obj = json.loads(raw.decode("utf-8"), parse_int=_parse_int, parse_float=_parse_float,
                          parse_constant=_parse_constant)
@@ -118,7 +129,7 @@ def unzjson(data: bytes | memoryview, what: str) -> dict:
 
 def pack(body: list[tuple[str, bytes]]) -> bytes:
     """Header, sections ``(name, bytes)`` in order, checksum."""
-    out = bytearray(HEAD.pack(MAGIC, VERSION, len(body)))
+    out = bytearray(HEAD.pack(MAGIC, 1, len(body)))
     for name, data in body:
         if len(data) > 0xFFFFFFFF:
             raise FormatError(f"the {name} section is too large ({len(data)} bytes)")
@@ -147,8 +158,14 @@ def parse(data: bytes) -> Container:
     view = memoryview(data)
     if zlib.crc32(view[:-4]) != crc:
         raise FormatError("checksum mismatch: the file is truncated or corrupt")
-    if version != VERSION:
-        raise FormatError(f"unsupported .lnx version {version}; this reader supports {VERSION}")
+    if version == 2:
+        from lilnetx.fileformat.compact import arch_json, split2
+
+        sections = split2(data, view)
+        return Container(sections, arch_json(sections["arch"]), {}, len(data), version=2)
+    if version != 1:
+        raise FormatError(f"unsupported .lnx version {version}; this reader supports "
+                          f"{', '.join(map(str, VERSIONS))}")
     pos, end, sections = HEAD.size, len(data) - 4, {}
     for _ in range(count):
         if pos + SEC.size > end:

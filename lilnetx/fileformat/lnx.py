@@ -25,19 +25,18 @@ import torch
 from torch import nn
 
 from lilnetx.core.latent import decode_exact
-from lilnetx.core.model import LilNetXModel, decode
+from lilnetx.core.model import LilNetXModel
 from lilnetx.errors import DataError, FormatError
 from lilnetx.fileformat import codec
 from lilnetx.fileformat.archspec import build_from_arch, check_architecture, meta_network
+from lilnetx.fileformat.compact import encode_latent_v2, encode_plain_v2
 from lilnetx.fileformat.container import (
     MAGIC,
     SECTIONS,
     VERSION,
     Container,
-    pack,
     parse,
     read,
-    zjson,
 )
 from lilnetx.fileformat.graphtrace import describe
 from lilnetx.fileformat.limits import short
@@ -54,92 +53,34 @@ _NO_ARCH = ("the model has no architecture description; pass example_input=a bat
 
 
 def encode_model(model: LilNetXModel, arch: dict | None = None) -> bytes:
-    """The bytes of the ``.lnx`` file of ``model`` (see the module docstring for the layout)."""
+    """The bytes of the ``.lnx`` file of ``model`` (format version 2,
+    :mod:`lilnetx.fileformat.compact`): latents, decoders and the rest of the state exactly as
+    :func:`lilnetx.core.model.decode` gives them."""
+    arch = _latent_arch(model, arch)
+    for name, layer in model.latent_layers():
+        if not bool(torch.isfinite(layer.latent.detach()).all()):
+            raise FormatError(f"the latent of layer {short(name)} holds NaN or Inf")
+    return encode_latent_v2(model, arch)
+
+
+def _latent_arch(model, arch: dict | None) -> dict:
     if not isinstance(model, LilNetXModel):
         raise FormatError(f"save expects a LilNetXModel, got {type(model).__name__}")
     arch = arch if arch is not None else model.arch
     if not arch:
         raise FormatError(_NO_ARCH)
-    layers = model.latent_layers()
-    plain_state = decode(model).state_dict()
-    latent_keys = {f"{name}.weight" for name, _ in layers}
-    for key in sorted(latent_keys):
-        if not bool(torch.isfinite(plain_state[key]).all()):
-            raise FormatError(f"the decoded weight {short(key)} holds NaN or Inf")
-    index: dict = {"layers": [], "groups": [], "floats": [], "decoders": []}
-    tables, segments = [], []
-    for name, layer in layers:
-        index["layers"].append({"name": name, "group": layer.group,
-                                "shape": list(layer.weight_shape)})
-    for group, members in model.groups().items():
-        lat = torch.cat([m.latent_int() for _, m in members]).cpu().numpy().astype(np.int64)
-        lo, hi = lat.min(axis=0), lat.max(axis=0)
-        tabs = model.priors[group].quantized_tables(lo, hi, codec.TABLE_PRECISION)
-        chans = []
-        for c, tab in enumerate(tabs):
-            segments.append((lat[:, c], int(lo[c]), tab))
-            chans.append({"lo": int(lo[c]), "n": len(tab)})
-            tables.append((tab - 1).astype("<u2"))
-        index["groups"].append({"key": group, "rows": lat.shape[1], "slices": lat.shape[0],
-                                "channels": chans})
-        index["decoders"].append({"key": group,
-                                  "shape": list(model.decoders[group].weight.shape)})
-    dec = [model.decoders[g["key"]].weight.detach().cpu().float().numpy().astype("<f4")
-           for g in index["groups"]]
-    floats = _float_state(plain_state, latent_keys, index)
-    index["codec"] = "latent"
-    return _pack(arch, index, tables, dec, floats, segments)
-
-
-def _float_state(state: dict, skip: set[str], index: dict) -> list[np.ndarray]:
-    """Every float tensor of ``state`` not in ``skip`` (num_batches_tracked counters dropped)."""
-    floats = []
-    for key, t in state.items():
-        if key in skip or key.endswith("num_batches_tracked"):
-            continue
-        if not t.is_floating_point():
-            raise FormatError(f"cannot store non-float state {short(key)} ({t.dtype})")
-        index["floats"].append({"key": key, "shape": list(t.shape)})
-        floats.append(t.detach().cpu().float().numpy().astype("<f4"))
-    return floats
-
-
-def _pack(arch, index, tables, dec, floats, segments) -> bytes:
-    return pack([("arch", zjson(arch, "architecture")), ("index", zjson(index, "index")),
-                 ("tables", b"".join(a.tobytes() for a in tables)),
-                 ("decoders", b"".join(a.tobytes() for a in dec)),
-                 ("floats", b"".join(a.tobytes() for a in floats)),
-                 ("latents", codec.encode(segments).astype("<u4").tobytes())])
+    return arch
 
 
 def encode_plain(net: nn.Module, arch: dict, quantized: dict | None = None) -> bytes:
-    """The ``.lnx`` bytes of a plain network: layers in ``quantized`` (from
-    :func:`lilnetx.methods.quantize.quantize_layers`) as entropy-coded integers with a float32 scale each,
-    everything else as float32 (``quantized=None``: the dense fp32 reference)."""
+    """The ``.lnx`` bytes (format version 2) of a plain network: layers in ``quantized`` (from
+    :func:`lilnetx.methods.quantize.quantize_layers`) as entropy-coded integers with a float32
+    scale each; every other tensor as integers on its power-of-two grid when it lies on one of
+    at most 16 bits (the side information of :mod:`lilnetx.core.sidequant`), else float32
+    (``quantized=None`` and unquantized state: the dense fp32 reference)."""
     if not arch:
         raise FormatError(_NO_ARCH)
-    quantized = quantized or {}
-    index: dict = {"layers": [], "groups": [], "floats": [], "decoders": [], "codec": "quant"}
-    tables, segments, dec = [], [], []
-    tabs = {name: codec.empirical_table(sym) for name, (sym, _) in quantized.items()}
-    for name, layer in convertible_layers(net):
-        if name not in quantized:
-            continue
-        sym, scale = quantized[name]
-        if not float(np.abs(sym).max(initial=0)) * abs(float(scale)) < 3.4e38:
-            raise FormatError(f"the quantized weight of {short(name)} is not finite in float32")
-        lo, freqs = tabs[name]
-        key = f"q:{name}"
-        index["layers"].append({"name": name, "group": key, "shape": list(layer.weight.shape)})
-        index["groups"].append({"key": key, "rows": 1, "slices": int(sym.shape[0]),
-                                "channels": [{"lo": lo, "n": len(freqs)}]})
-        index["decoders"].append({"key": key, "shape": [1, 1]})
-        tables.append((freqs - 1).astype("<u2"))
-        segments.append((sym[:, 0], lo, freqs))
-        dec.append(np.asarray([[scale]], dtype="<f4"))
-    skip = {f"{e['name']}.weight" for e in index["layers"]}
-    floats = _float_state(net.state_dict(), skip, index)
-    return _pack(arch, index, tables, dec, floats, segments)
+    return encode_plain_v2(net, arch, quantized or {})
 
 
 def _arch_of(model: nn.Module, arch: dict | None, example_input) -> dict:
@@ -196,8 +137,11 @@ def write(data: bytes, path: str | os.PathLike) -> int:
     path = os.fspath(path)
     try:
         c = parse(data)
-        meta, _ = meta_network(c.arch)
-        check_finite(c, plan_of(c, meta))
+        if c.version == 1:
+            meta, _ = meta_network(c.arch)
+            check_finite(c, plan_of(c, meta))
+        else:
+            decode_file(c)  # the reader's every check, on the bytes about to be written
     except FormatError as e:
         raise FormatError(f"refusing to write {short(path)}: {e}") from None
     tmp = f"{path}.tmp{os.getpid()}"
@@ -245,6 +189,8 @@ class Decoded:
     tables: dict[str, list[dict]]
     container: Container
     layers: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)
+    side: list = field(default_factory=list)  # version 2: stored float tensors (SideTensor)
+    forms: dict[str, str] = field(default_factory=dict)  # version 2: decoder form per group
 
 
 def _decode_latents(c: Container, plan: Plan
@@ -286,7 +232,13 @@ def _checked_plan(c: Container) -> Plan:
 
 
 def decode_latents(c: Container) -> tuple[dict[str, np.ndarray], dict[str, list[dict]]]:
-    """Checked decode of the latents alone: (slices, rows) int64 per group, and the tables."""
+    """Checked decode of the latents: (slices, rows) int64 per group, and the tables."""
+    if c.version == 2:
+        d = decode_file(c)
+        groups: dict[str, list[np.ndarray]] = {}
+        for name, group, _ in d.layers:
+            groups.setdefault(group, []).append(d.latents[name])
+        return {g: np.concatenate(v) for g, v in groups.items()}, d.tables
     return _decode_latents(c, _checked_plan(c))
 
 
@@ -294,6 +246,10 @@ def decode_file(c: Container) -> Decoded:
     """Rebuild the network of a parsed file and decode everything into it (CPU, eval mode).
 
     Raises :class:`FormatError` for anything inconsistent, before allocating the network."""
+    if c.version == 2:
+        from lilnetx.fileformat.compact_read import decode_v2
+
+        return decode_v2(c)
     plan = _checked_plan(c)
     latents, tables = _decode_latents(c, plan)
     dec = _Reader(c.sections["decoders"], "<f4", "decoders")

@@ -16,6 +16,15 @@ SECTION_LABELS = {
     "floats": "biases and BatchNorm",
     "arch": "architecture",
 }
+"""Parts of a version-1 file."""
+SECTION_LABELS_V2 = {
+    "latents": "latent payload",
+    "index": "index and tables",
+    "side": "decoders, biases and BatchNorm",
+    "raw": "float32 tensors",
+    "arch": "architecture",
+}
+"""Parts of a version-2 file (:mod:`lilnetx.fileformat.compact`); its index holds the tables."""
 
 
 def arch_summary(arch: dict) -> dict:
@@ -34,9 +43,24 @@ def arch_summary(arch: dict) -> dict:
             "operators": dict(sorted(ops.items()))}
 
 
+def side_entry(t) -> dict:
+    """One stored side tensor as ``inspect`` lists it: key, shape, ``step`` (``2**exp``, None for
+    float32) and ``bits`` (information content of its integers under its table, or 32 per value
+    for float32)."""
+    n = 1
+    for d in t.shape:
+        n *= d
+    if t.exp is None:
+        return {"key": t.key, "shape": list(t.shape), "step": None, "bits": 32.0 * n}
+    bits = codec.information_bits(t.ints, t.spec.lo, t.spec.freqs())
+    return {"key": t.key, "shape": list(t.shape), "step": 2.0 ** t.exp, "bits": bits}
+
+
 def breakdown(c: Container) -> dict[str, int]:
-    """Bytes per part of the file; ``header`` holds magic, section headers, index and checksum."""
-    parts = {label: len(c.sections[name]) for name, label in SECTION_LABELS.items()}
+    """Bytes per part of the file; ``header`` holds magic, version, section headers and
+    checksum (and in version 1 the JSON index)."""
+    labels = SECTION_LABELS_V2 if c.version == 2 else SECTION_LABELS
+    parts = {label: len(c.sections[name]) for name, label in labels.items()}
     parts["header"] = c.size_bytes - sum(parts.values())
     return parts
 
@@ -44,7 +68,9 @@ def breakdown(c: Container) -> dict[str, int]:
 def inspect(path: str | os.PathLike) -> dict:
     """Size breakdown and per-layer bits and sparsity of a ``.lnx`` file.
 
-    Keys: ``size_bytes``, ``breakdown`` (bytes by part), ``arch`` (for a graph architecture,
+    Keys: ``size_bytes``, ``version`` (of the format), ``breakdown`` (bytes by part),
+    ``decoder_forms`` (per group, version 2), ``side_tensors`` (version 2: every stored float
+    tensor, :func:`side_entry`), ``arch`` (for a graph architecture,
     :func:`arch_summary`), ``latent_information_bits``
     (information content of the latents under the stored tables), ``coding_efficiency``
     (latent payload bytes / information bytes), ``layers`` (per layer: ``name``, ``group``,
@@ -82,7 +108,11 @@ def inspect(path: str | os.PathLike) -> dict:
             slices += zero_rows.size
     parts = breakdown(c)
     info_bytes = info_total / 8
+    side = [side_entry(t) for t in dec.side]
     return {
+        "version": c.version,
+        "decoder_forms": dict(dec.forms),
+        "side_tensors": side,
         "size_bytes": c.size_bytes,
         "breakdown": parts,
         "arch": arch_summary(c.arch),

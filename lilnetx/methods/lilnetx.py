@@ -1,7 +1,9 @@
 """``lilnetx``: the method of the paper. Every conv and linear weight becomes an integer latent
 tensor decoded by a shared per-group decoder; training adds the latents' rate (bits under the
 learned probability model) and the slice-sparsity prior to the task loss (method.md, sec. 1-5).
-The file stores the latents entropy coded under the learned model.
+The file stores the latents entropy coded (under the cheapest of the integer tables of
+:mod:`lilnetx.fileformat.tables`), and the decoders, biases and BatchNorm quantized to
+``side_bits`` (trained straight-through, :mod:`lilnetx.core.sidequant`).
 
 With ``init_from`` (our extension; the paper trains from scratch) the latents and decoders start
 from a trained network by the rule of :mod:`lilnetx.core.init_from` (``init_levels``: the
@@ -13,7 +15,9 @@ from __future__ import annotations
 from torch import nn
 
 from lilnetx.core.init_from import DEFAULT_LEVELS
+from lilnetx.core.latent import DECODER_FORMS
 from lilnetx.methods.base import Method, Param, register_method
+from lilnetx.methods.quant import SIDE_BITS
 
 
 @register_method
@@ -24,6 +28,9 @@ class LilNetX(Method):
     params = (
         Param("init_levels", int, DEFAULT_LEVELS, "with init_from: latents start in [-L, L], L this value "
               "(finer reproduces the start more closely, at more bits)", low=1, high=4096),
+        Param("decoder", str, "full", "decoder of each k x k group: full (the paper's k²xk² "
+              "matrix), diagonal (one scale per kernel position) or scalar", choices=DECODER_FORMS),
+        SIDE_BITS,
     )
     default_lr = 1e-2
     accepts_init = True
@@ -32,7 +39,8 @@ class LilNetX(Method):
     def prepare(self, net: nn.Module, *, width: float = 1.0) -> nn.Module:
         from lilnetx.core.model import convert
 
-        return convert(net, width=width)
+        return convert(net, width=width, decoder=self.options["decoder"],
+                       side_bits=self.options["side_bits"])
 
     def train(self, model, splits, cfg, progress, *, init=None):
         from lilnetx.train import fit

@@ -1,7 +1,8 @@
 """``quant``: dense training (or a trained start), then symmetric per-layer uniform
 quantization of the conv and linear weights to ``bits``; the integers are entropy coded under
-their empirical histogram (see :mod:`lilnetx.methods.quantize`). Accuracy is measured after
-quantization, on exactly what the file stores."""
+their empirical histogram (see :mod:`lilnetx.methods.quantize`); biases and BatchNorm (folded)
+are quantized to ``side_bits`` as LilNetX's are. Accuracy is measured after quantization, on
+exactly what the file stores."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from lilnetx.methods.dense import train_or_start
 from lilnetx.methods.quantize import MAX_BITS, MIN_BITS
 
 BITS = Param("bits", int, 8, "bits per stored weight", low=MIN_BITS, high=MAX_BITS)
+SIDE_BITS = Param("side_bits", int, 8, "bits of the stored biases, BatchNorm (folded) and "
+                  "decoders: integers on a power-of-two grid; 0 keeps them float32",
+                  low=0, high=16)
 
 
 class Quantized(Method):
@@ -20,11 +24,14 @@ class Quantized(Method):
     quantized: dict | None = None
 
     def quantize(self, model: nn.Module) -> None:
+        from lilnetx.core.sidequant import check_side_bits, quantize_side_state
         from lilnetx.methods.quantize import apply_quantization, quantize_layers
 
         self.quantized = quantize_layers(model, self.options["bits"])
         apply_quantization(model, self.quantized)
         model.eval()
+        coded = {f"{name}.weight" for name in self.quantized}
+        quantize_side_state(model, check_side_bits(self.options["side_bits"]), coded)
 
     def metrics(self, model: nn.Module) -> dict[str, float]:
         from lilnetx.methods.quantize import information_bits
@@ -41,8 +48,8 @@ class Quantized(Method):
 class Quant(Quantized):
     name = "quant"
     summary = "dense training, then uniform per-layer quantization to `bits` (entropy coded)"
-    params = (BITS,)
-    default_lr = 1e-3
+    params = (BITS, SIDE_BITS)
+    default_lr = 1e-2
 
     def train(self, model, splits, cfg, progress, *, init=None):
         result = train_or_start(model, splits, cfg, progress, init)

@@ -1,0 +1,142 @@
+"""Quantization of the *side information*: decoders, biases, BatchNorm and every other float
+tensor a compressed file stores beside the latents.
+
+A tensor ``x`` quantized to ``bits`` becomes ``q * 2**e``: integers ``q`` in
+``[-2**(bits-1), 2**(bits-1)]`` and one power-of-two step per tensor, ``e = ceil(log2(max|x|))
+- (bits - 1)`` (as MPEG NNR / NNCodec store a per-tensor step as a small integer). A power of two
+makes ``q * 2**e`` exact in float32, and the rule is idempotent: quantizing a quantized tensor
+returns it unchanged, so the file, the exported network and the training forward pass hold the
+same values.
+
+Training applies the rule straight-through (:func:`quantize_ste`) to the decoders and the
+latent layers' biases; BatchNorm is folded into a per-channel affine map
+(:func:`fold_batchnorm`) and quantized at export. ``bits = 0`` turns the quantization off
+(float32 side information, as files of format version 1 stored it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+DEFAULT_SIDE_BITS = 8
+"""Default ``bits`` of every side tensor."""
+
+MAX_SIDE_BITS = 16
+MIN_EXPONENT, MAX_EXPONENT = -140, 120
+"""Range of the step exponent ``e`` (a float32 step ``2**e`` is representable)."""
+
+
+def check_side_bits(bits) -> int:
+    from lilnetx.errors import ConfigError
+
+    if isinstance(bits, bool) or not isinstance(bits, int) or not (
+            bits == 0 or 2 <= bits <= MAX_SIDE_BITS):
+        raise ConfigError(f"side_bits must be 0 (float32) or an integer in [2, {MAX_SIDE_BITS}], "
+                          f"but got {bits!r}")
+    return bits
+
+
+def step_exponent(max_abs: float, bits: int) -> int:
+    """``e`` of the step ``2**e`` for a tensor whose largest magnitude is ``max_abs`` (> 0)."""
+    mant, exp = math.frexp(max_abs)  # max_abs = mant * 2**exp, mant in [0.5, 1)
+    ceil_log2 = exp - 1 if mant == 0.5 else exp
+    return min(max(ceil_log2 - (bits - 1), MIN_EXPONENT), MAX_EXPONENT)
+
+
+def quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """``x`` on its ``bits``-bit power-of-two grid (same shape, dtype and device; no host
+    synchronisation). ``bits = 0`` returns ``x``; an all-zero tensor stays zero."""
+    if not bits:
+        return x
+    m = x.detach().abs().amax() if x.numel() else x.new_zeros(())
+    mant, exp = torch.frexp(m.float())
+    ceil_log2 = exp - (mant == 0.5).to(exp.dtype)
+    e = (ceil_log2 - (bits - 1)).clamp(MIN_EXPONENT, MAX_EXPONENT)
+    step = torch.ldexp(torch.ones((), device=x.device, dtype=x.dtype), e.to(x.dtype))
+    step = torch.where(m > 0, step, torch.ones_like(step))
+    return torch.round(x / step) * step
+
+
+class _QuantSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bits):
+        return quantize(x, bits)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def quantize_ste(x: torch.Tensor | None, bits: int) -> torch.Tensor | None:
+    """:func:`quantize` forward, identity gradient backward (``None`` and ``bits = 0`` pass)."""
+    if x is None or not bits:
+        return x
+    return _QuantSTE.apply(x, bits)
+
+
+def unit_variance(eps: float) -> float:
+    """A float32 ``v`` with ``float32(v + eps) == 1``: a folded BatchNorm's running variance,
+    so that its ``1 / sqrt(var + eps)`` is exactly 1."""
+    one = torch.ones((), dtype=torch.float32)
+    e = torch.tensor(eps, dtype=torch.float32)
+    v = one - e
+    for _ in range(64):
+        s = v + e
+        if bool(s == one):
+            return float(v)
+        v = torch.nextafter(v, torch.tensor(2.0) if bool(s < one) else torch.tensor(0.0))
+    raise ValueError(f"no float32 variance folds BatchNorm eps={eps}")
+
+
+def foldable(m: nn.Module) -> bool:
+    """A BatchNorm whose eval forward is a per-channel affine map it can store as weight/bias."""
+    return (isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) and m.affine
+            and m.track_running_stats and m.running_mean is not None)
+
+
+def is_folded(m: nn.Module) -> bool:
+    """Whether a foldable BatchNorm already holds a folded map (mean 0, variance + eps == 1)."""
+    if not foldable(m):
+        return False
+    v = torch.tensor(unit_variance(m.eps), dtype=m.running_var.dtype)
+    return bool((m.running_mean == 0).all()) and bool((m.running_var == v).all())
+
+
+@torch.no_grad()
+def fold_batchnorm(m: nn.Module, bits: int) -> None:
+    """Fold a foldable BatchNorm's running statistics into its weight and bias (quantized to
+    ``bits``), in place: its eval output is unchanged up to that quantization."""
+    if is_folded(m):
+        m.weight.copy_(quantize(m.weight, bits))
+        m.bias.copy_(quantize(m.bias, bits))
+        return
+    inv = torch.rsqrt(m.running_var.double() + m.eps)
+    a = m.weight.double() * inv
+    b = m.bias.double() - m.running_mean.double() * a
+    m.weight.copy_(quantize(a.float(), bits))
+    m.bias.copy_(quantize(b.float(), bits))
+    m.running_mean.zero_()
+    m.running_var.fill_(unit_variance(m.eps))
+
+
+@torch.no_grad()
+def quantize_side_state(net: nn.Module, bits: int, skip: set[str]) -> nn.Module:
+    """Fold every foldable BatchNorm of ``net`` and quantize every other float parameter and
+    buffer to ``bits``, except the state keys in ``skip`` (the entropy-coded weights); in place.
+    Returns ``net``. ``bits = 0`` leaves ``net`` unchanged."""
+    if not bits:
+        return net
+    done: set[str] = set()
+    for name, m in net.named_modules():
+        if foldable(m):
+            fold_batchnorm(m, bits)
+            prefix = f"{name}." if name else ""
+            done |= {prefix + k for k in ("weight", "bias", "running_mean", "running_var")}
+    for key, t in net.state_dict(keep_vars=True).items():
+        if key in skip or key in done or not t.is_floating_point():
+            continue
+        t.data.copy_(quantize(t.data, bits))
+    return net
