@@ -7,7 +7,14 @@ import math
 
 import plotly.graph_objects as go
 
-from explorer.pareto import hypervolume, nondominated, reference_point
+from explorer.pareto import (
+    hypervolume,
+    log_objectives,
+    log_reference_point,
+    nondominated,
+    reference_point,
+    to_log,
+)
 
 from .data import RunRecord, direction
 
@@ -174,20 +181,30 @@ def parallel_figure(runs: list[RunRecord], params: list[str], metrics: list[str]
     return fig
 
 
-def hypervolume_history(runs: list[RunRecord], objectives: dict[str, str]) -> dict[str, list]:
+def hypervolume_history(runs: list[RunRecord], objectives: dict[str, str], *,
+                        log: bool = True) -> dict[str, list]:
     """Per method: (trial number, hypervolume of the front of the finished runs so far), with
-    one reference point shared by all methods."""
+    one reference point shared by all methods. ``log``: sizes, latencies, MACs (the
+    :func:`explorer.pareto.log_objectives`) on a log10 axis, from
+    :func:`explorer.pareto.log_reference_point` (runs with such a value <= 0 left out)."""
     metrics = list(objectives)
     done = [r for r in runs if r.status == "FINISHED" and _has(r, *metrics)]
+    points = {id(r): r.metrics for r in done}
+    if log and log_objectives(objectives):
+        logged, _ = to_log([{**r.metrics, "_id": id(r)} for r in done], objectives)
+        points = {p["_id"]: p for p in logged}
+        done = [r for r in done if id(r) in points]
     if not done:
         return {}
-    ref = reference_point([r.metrics for r in done], objectives)
+    ref = (log_reference_point(list(points.values()), objectives)
+           if log and log_objectives(objectives)
+           else reference_point([r.metrics for r in done], objectives))
     out: dict[str, list] = {}
     for method in sorted({r.method for r in done}):
         rs = sorted((r for r in done if r.method == method), key=lambda r: (r.start_time, r.trial))
         series, front = [], []
         for k, r in enumerate(rs):
-            cand = front + [r.metrics]
+            cand = front + [points[id(r)]]
             front = [cand[i] for i in nondominated(cand, objectives)]
             series.append((k + 1, hypervolume(front, objectives, ref)))
         out[method] = series
@@ -195,16 +212,21 @@ def hypervolume_history(runs: list[RunRecord], objectives: dict[str, str]) -> di
 
 
 def hypervolume_figure(runs: list[RunRecord], objectives: dict[str, str]) -> go.Figure:
+    """Hypervolume by finished trial, with size-like objectives on a log10 axis (a front of
+    bytes on a linear axis is dominated by its largest files)."""
     hist = hypervolume_history(runs, objectives)
     if not hist:
         return empty_figure("no finished run yet")
+    logs = log_objectives(objectives)
     fig = go.Figure()
     for mi, (method, series) in enumerate(hist.items()):
         fig.add_trace(go.Scatter(x=[s[0] for s in series], y=[s[1] for s in series],
                                  mode="lines+markers", name=method,
                                  line={"color": PALETTE[mi % len(PALETTE)]}))
     fig.update_layout(template="plotly_white", height=320, uirevision="hv",
-                      xaxis_title="finished trials", yaxis_title="hypervolume",
+                      xaxis_title="finished trials",
+                      yaxis_title=(f"hypervolume, log10 {'/'.join(logs)}" if logs
+                                   else "hypervolume"),
                       margin={"l": 60, "r": 20, "t": 30, "b": 40})
     return fig
 

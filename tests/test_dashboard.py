@@ -231,9 +231,15 @@ def test_pareto_3d_and_selection_and_missing_metric():
 def test_hypervolume_history_non_decreasing_per_method():
     runs = synthetic(80, seed=3)
     objectives = {"val_accuracy": "max", "size_bytes": "min"}
-    hist = figures.hypervolume_history(runs, objectives)
+    hist = figures.hypervolume_history(runs, objectives, log=False)
     assert set(hist) == {"dense", "lilnetx"}
-    from explorer.pareto import hypervolume, reference_point
+    from explorer.pareto import (
+        hypervolume,
+        log_hypervolume,
+        log_reference_point,
+        reference_point,
+        to_log,
+    )
 
     done = [r for r in runs if r.status == "FINISHED"]
     ref = reference_point([r.metrics for r in done], objectives)
@@ -244,8 +250,16 @@ def test_hypervolume_history_non_decreasing_per_method():
         assert all(b >= a - 1e-12 for a, b in itertools.pairwise(hv)), method
         assert hv[-1] > hv[0] > 0
         assert hv[-1] == pytest.approx(hypervolume([r.metrics for r in mine], objectives, ref))
+    # the default: size on a log10 axis, from one log reference shared by the methods
+    logged = figures.hypervolume_history(runs, objectives)
+    lref = log_reference_point(to_log([r.metrics for r in done], objectives)[0], objectives)
+    for method, series in logged.items():
+        mine = [r.metrics for r in done if r.method == method]
+        assert series[-1][1] == pytest.approx(log_hypervolume(mine, objectives, lref))
+        assert series[-1][1] != pytest.approx(hist[method][-1][1])
     fig = figures.hypervolume_figure(runs, objectives)
     assert [t.name for t in fig.data] == ["dense", "lilnetx"]
+    assert "log10 size_bytes" in fig.layout.yaxis.title.text
     assert figures.hypervolume_history([runs[-1]], objectives) == {}
 
 
