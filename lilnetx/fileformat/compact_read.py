@@ -139,7 +139,8 @@ def _decode_stream(data, segments: list[tuple[int, int, np.ndarray]], what: str)
 
 
 def _values(t: SideTensor, ints: np.ndarray) -> torch.Tensor:
-    v = np.ldexp(ints.astype(np.float64), t.exp).astype(np.float32)
+    with np.errstate(over="ignore"):  # an overflow is refused just below
+        v = np.ldexp(ints.astype(np.float64), t.exp).astype(np.float32)
     if not np.isfinite(v).all():
         raise FormatError(f"the stored tensor {short(t.key)} overflows float32")
     return torch.from_numpy(v).reshape(t.shape)

@@ -77,7 +77,7 @@ def prune_global(net: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
 
 
 def imp(net: nn.Module, splits: DataSplits, cfg: TrainConfig, *, target_sparsity: float,
-        phases: int = 3, retrain_epochs: int = 1, schedule: str = "SLR",
+        phases: int = 3, retrain_epochs: int = 4, schedule: str = "LLR",
         progress: Callable[[dict], None] | None = None) -> TrainResult:
     """Prune-and-retrain phases on an already trained ``net`` (in place).
 
