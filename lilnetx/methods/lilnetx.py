@@ -3,7 +3,8 @@ tensor decoded by a shared per-group decoder; training adds the latents' rate (b
 learned probability model) and the slice-sparsity prior to the task loss (method.md, sec. 1-5).
 The file stores the latents entropy coded (under the cheapest of the integer tables of
 :mod:`lilnetx.fileformat.tables`), and the decoders, biases and BatchNorm quantized to
-``side_bits`` (trained straight-through, :mod:`lilnetx.core.sidequant`).
+``side_bits`` (trained straight-through, :mod:`lilnetx.core.sidequant`). What no output reads
+(the channels the slim export removes) is written as zeros.
 
 With ``init_from`` (our extension; the paper trains from scratch) the latents and decoders start
 from a trained network by the rule of :mod:`lilnetx.core.init_from` (``init_levels``: the
@@ -72,6 +73,14 @@ class LilNetX(Method):
         return decode(model)
 
     def encode(self, model: nn.Module, arch: dict) -> bytes:
+        """The file of ``model`` without what no output reads: latent slices, biases and
+        BatchNorm entries of the channels the slim export removes are written as zeros
+        (:func:`lilnetx.deploy.unused.drop_unused`; the decoded outputs are unchanged)."""
+        from lilnetx.deploy.export import example_input
+        from lilnetx.deploy.unused import drop_unused
         from lilnetx.fileformat import encode_model
 
+        arch = arch if arch is not None else getattr(model, "arch", None)
+        if arch:
+            model, _ = drop_unused(model, example_input(arch, batch=2))
         return encode_model(model, arch)
