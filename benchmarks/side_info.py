@@ -32,6 +32,7 @@ ROWS = [  # (label, model settings, lambda_rate, decoder, side_bits)
     ("LeNet-5", LENET, 1.0, "diagonal", 8),
     ("LeNet-5", LENET, 1.0, "scalar", 8),
     ("LeNet-5", LENET, 1.0, "diagonal", 6),
+    ("LeNet-5", LENET, 1.0, "full", 6),
     ("LeNet-5", LENET, 3.0, "diagonal", 8),
     ("ResNet-20 w1", {"model": "resnet20", "epochs": 1, "lr": 0.02, "prior_lr": 0.01,
                       "limit": 12000}, 1.0, "full", 8),
