@@ -20,11 +20,11 @@ from .pareto import search_metric
 from .safe_yaml import clip, load_file, show
 
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "prior_lr", "lambda_rate", "lambda_sparsity",
-              "lambda_l2", "warmup_epochs", "seed")
+              "lambda_l2", "warmup_epochs", "seed", "rate_table")
 """Hyperparameters of :class:`lilnetx.TrainConfig` a space may fix or search."""
 SPEC_KEYS = ("width", "limit", "val_fraction")
 """Hyperparameters of :class:`lilnetx.experiment.RunSpec` a space may fix or search."""
-_INT_KEYS = ("epochs", "batch_size", "seed", "limit")
+_INT_KEYS = ("epochs", "batch_size", "seed", "limit", "rate_table")
 _POSITIVE_KEYS = ("epochs", "batch_size", "limit", "lr", "width")
 
 

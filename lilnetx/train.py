@@ -21,6 +21,7 @@ from torch import nn
 
 from lilnetx.batches import Batches
 from lilnetx.core.model import LilNetXModel
+from lilnetx.core.rate_table import DEFAULT_POINTS, MAX_POINTS
 from lilnetx.data import DataSplits, iterate_batches, num_batches
 from lilnetx.errors import ConfigError, LilNetXError, check_nonnegative, check_positive_int
 
@@ -29,13 +30,26 @@ class TrainingDiverged(LilNetXError):
     """The loss became NaN or infinite."""
 
 
+LOG_EVERY = 20
+"""Steps between reads of the device-side loss sums (the only host synchronisation of the
+training loop: progress events, and the check that the loss stayed finite)."""
+
+
+def _check_finite(finite: torch.Tensor, epoch: int, step: int) -> None:
+    if not bool(finite):
+        raise TrainingDiverged(f"loss is not finite at epoch {epoch}, step {step} (checked "
+                               f"every {LOG_EVERY} steps); lower lr or lambdas")
+
+
 @dataclass
 class TrainConfig:
     """Hyperparameters of one training run (reference defaults of sec. 5, short schedule).
 
     ``warmup_epochs=None`` means ``min(5, epochs / 10)``, the reference 5-of-200 capped for
     short runs. ``lr=None`` means 1e-2 for a LilNetX model (its latents are integers) and 1e-3
-    for a plain network. ``device=None`` picks CUDA when available.
+    for a plain network. ``device=None`` picks CUDA when available. ``rate_table``: grid points
+    per channel of the tabulated training rate (:mod:`lilnetx.core.rate_table`); 0 evaluates
+    the prior at every latent (the exact path).
     """
 
     epochs: int = 5
@@ -48,6 +62,7 @@ class TrainConfig:
     warmup_epochs: float | None = None
     seed: int = 0
     device: str | None = None
+    rate_table: int = DEFAULT_POINTS
 
     def validate(self) -> TrainConfig:
         check_positive_int("epochs", self.epochs)
@@ -60,6 +75,10 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, but got {self.lr}")
         if self.warmup_epochs is not None:
             check_nonnegative("warmup_epochs", self.warmup_epochs)
+        if isinstance(self.rate_table, bool) or not isinstance(self.rate_table, int) or not (
+                self.rate_table == 0 or 2 <= self.rate_table <= MAX_POINTS):
+            raise ConfigError(f"rate_table must be 0 (exact) or an integer in 2..{MAX_POINTS}, "
+                              f"but got {str(self.rate_table)[:40]}")
         return self
 
     def as_dict(self) -> dict:
@@ -109,7 +128,7 @@ def joint_loss(
     ce = F.cross_entropy(logits, target)
     if not isinstance(model, LilNetXModel):
         return {"loss": ce, "ce": ce}
-    bits = model.rate_bits()
+    bits = model.rate_bits(table=cfg.rate_table or None)
     loss = ce + cfg.lambda_rate * bits / model.n_rows()
     out = {"ce": ce, "bits": bits}
     if cfg.lambda_sparsity > 0:
@@ -179,12 +198,14 @@ def fit(
 ) -> TrainResult:
     """Train ``model`` in place on ``splits.train``; validate on ``splits.val`` each epoch.
 
-    ``progress`` receives ``{"event": "step", "epoch", "step", "steps", "loss", "ce", "bits"}``
-    every iteration and ``{"event": "epoch", ...history row...}`` after every epoch.
+    ``progress`` receives ``{"event": "step", "epoch", "step", "steps", "loss", "bits"}`` at the
+    first step of every epoch, every :data:`LOG_EVERY` steps and at its last step, and
+    ``{"event": "epoch", ...history row...}`` after every epoch.
     ``schedule(step, total)`` replaces the warmup-cosine learning rate of the network optimizer;
     ``after_step()`` runs after every optimizer step (IMP re-applies its masks there);
     ``epoch_offset`` numbers the epochs of a later training phase after the earlier ones.
-    Raises :class:`TrainingDiverged` when the loss is not finite.
+    Raises :class:`TrainingDiverged` when the loss is not finite (checked at those steps and at
+    the end of every epoch: the loop itself never waits for the device).
     """
     cfg.validate()
     device = pick_device(cfg.device)
@@ -211,8 +232,10 @@ def fit(
     with train_batches, val_batches:
         it = 0
         for epoch in range(1, cfg.epochs + 1):
-            sums = {"loss": 0.0, "ce": 0.0, "bits": 0.0}
-            correct = seen = 0
+            sums = {k: torch.zeros((), device=device) for k in ("loss", "ce", "bits")}
+            correct = torch.zeros((), dtype=torch.long, device=device)
+            finite = torch.ones((), dtype=torch.bool, device=device)
+            seen = 0
             for step, (x, y) in enumerate(train_batches, start=1):
                 lr = schedule(it, total)
                 for g in opts[0].param_groups:
@@ -220,9 +243,6 @@ def fit(
                 logits = model(x)
                 terms = joint_loss(model, logits, y, cfg)
                 loss = terms["loss"]
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch}, step "
-                                           f"{step}; lower lr or lambdas")
                 for o in opts:
                     o.zero_grad(set_to_none=True)
                 loss.backward()
@@ -231,16 +251,24 @@ def fit(
                 if after_step is not None:
                     after_step()
                 it += 1
+                # everything below stays on the device: read at the logging interval only
+                n = y.numel()
+                finite &= torch.isfinite(loss.detach())
                 for k in sums:
                     if k in terms:
-                        sums[k] += float(terms[k].detach()) * y.numel()
-                correct += int((logits.detach().argmax(1) == y).sum())
-                seen += int(y.numel())
-                if progress is not None:
-                    progress({"event": "step", "epoch": epoch + epoch_offset, "step": step,
-                              "steps": steps,
-                              "loss": float(loss.detach()),
-                              "bits": float(terms["bits"].detach()) if "bits" in terms else None})
+                        sums[k] += terms[k].detach() * n
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += int(n)
+                if step == 1 or step % LOG_EVERY == 0 or step == steps:
+                    _check_finite(finite, epoch, step)
+                    if progress is not None:
+                        progress({"event": "step", "epoch": epoch + epoch_offset, "step": step,
+                                  "steps": steps, "loss": float(loss.detach()),
+                                  "bits": float(terms["bits"].detach()) if "bits" in terms
+                                  else None})
+            _check_finite(finite, epoch, steps)
+            sums = {k: float(v) for k, v in sums.items()}
+            correct = int(correct)
             row = {"epoch": epoch + epoch_offset, "learning_rate": lr, "train_accuracy": correct / max(seen, 1)}
             row.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items() if k in terms})
             row["val_accuracy"] = _accuracy(model, val_batches)

@@ -14,7 +14,7 @@ import torch
 
 import lilnetx
 from lilnetx import ConfigError, RunSpec, TrainConfig, TrainingDiverged
-from lilnetx.train import make_optimizers
+from lilnetx.train import LOG_EVERY, make_optimizers
 
 SUMMARY_KEYS = {"accuracy", "val_accuracy", "bits_estimate", "weight_sparsity", "slice_sparsity",
                 "channel_sparsity", "params", "dense_bytes", "train_seconds", "epochs"}
@@ -110,7 +110,9 @@ def test_plain_module_trains_as_the_dense_reference(fashion_mnist_root):
     assert "bits_estimate" not in row and "train_bits" not in row
     assert row["val_accuracy"] == pytest.approx(after)
     steps = [e for e in progress if e["event"] == "step"]
-    assert len(steps) == math.ceil(2000 / 64) and all(e["bits"] is None for e in steps)
+    n = math.ceil(2000 / 64)  # steps of the epoch; progress reads the device every LOG_EVERY
+    assert [e["step"] for e in steps] == sorted({1, *range(LOG_EVERY, n + 1, LOG_EVERY), n})
+    assert all(e["bits"] is None and e["steps"] == n for e in steps)
     assert [e["event"] for e in progress].count("epoch") == 1
     assert not net.training  # fit leaves the model in eval mode
 

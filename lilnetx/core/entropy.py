@@ -78,15 +78,22 @@ class FactorizedPrior(nn.Module):
         p = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
         return p.clamp_min(LIKELIHOOD_FLOOR)
 
-    def bits(self, x: torch.Tensor) -> torch.Tensor:
+    def bits(self, x: torch.Tensor, table: int | None = None) -> torch.Tensor:
         """Total self-information of ``x`` ((channels, N)) in **bits**, a scalar tensor.
 
-        Equals ``-log2(self.likelihood(x)).sum()`` with the same gradients (to ``x`` and to the
-        parameters), computed by :class:`_FusedBits`: a hand-written forward and backward pass
-        over cache-sized chunks instead of a large autograd graph (see ``benchmarks/``).
+        ``table=None`` (exact): ``-log2(self.likelihood(x)).sum()`` with the same gradients (to
+        ``x`` and to the parameters), computed by :class:`_FusedBits`: a hand-written forward
+        and backward pass over cache-sized chunks instead of a large autograd graph.
+        ``table=P``: interpolated in a ``P``-point table per channel
+        (:func:`lilnetx.core.rate_table.table_bits`; the training rate, within the tolerances
+        stated there).
         """
         sp = [F.softplus(m) for m in self.matrices]
         tf = [torch.tanh(f) for f in self.factors]
+        if table is not None:
+            from lilnetx.core.rate_table import table_bits
+
+            return table_bits(x, sp, list(self.biases), tf, points=table)
         params = (*sp, *self.biases, *tf)
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
             return _FusedBits.apply(x, len(sp), *params)
@@ -158,14 +165,17 @@ def _back(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 def _bits_and_grads(
     x: torch.Tensor, sp: list[torch.Tensor], b: list[torch.Tensor], tf: list[torch.Tensor],
-    need_grad: bool,
-) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    need_grad: bool, weights: torch.Tensor | None = None, keep: bool = False,
+):
     """``-log2(likelihood(x)).sum()`` and, if ``need_grad``, its gradients, in one pass.
 
     Args:
         x: (channels, N) values; sp: ``softplus(matrices)``; b: biases; tf: ``tanh(factors)``.
+        weights: optional (channels, N) weight of each value in the sum (and its gradients).
+        keep: also return the (channels, N) floored likelihoods.
 
-    Returns ``(bits, grads)`` with ``grads = [d/dx, *d/dsp, *d/db, *d/dtf]`` (or ``None``).
+    Returns ``(bits, grads)`` with ``grads = [d/dx, *d/dsp, *d/db, *d/dtf]`` (or ``None``),
+    and the likelihoods third with ``keep``.
     The same function as :meth:`FactorizedPrior.likelihood`, differentiated by hand and evaluated
     chunk by chunk on the CPU (forward and backward of a chunk together, no autograd graph, the
     temporaries in cache). Two rewrites, exact in real arithmetic, save most of the elementwise
@@ -211,7 +221,10 @@ def _bits_and_grads(
         if gx is None:
             continue
         # d ln(pc) / d logits; clamp_min passes the gradient where p >= floor, abs via sign.
-        q = torch.sign(diff).div_(pc).masked_fill_(p < LIKELIHOOD_FLOOR, 0).unsqueeze(1)
+        q = torch.sign(diff).div_(pc).masked_fill_(p < LIKELIHOOD_FLOOR, 0)
+        if weights is not None:
+            q.mul_(weights[:, start:start + n])
+        q = q.unsqueeze(1)
         g = sg.addcmul_(sg, sg, value=-1).mul_(q.mul_(sign))
         g[:, 0].neg_()
         g = g.view(channels, 1, 2 * n)
@@ -226,13 +239,14 @@ def _bits_and_grads(
             gh = _back(w[i], gy)
         gx[:, start:start + n] = gh.view(channels, 2, n).sum(1).mul_(k)
         torch._foreach_add_(grads, d_sp[::-1] + d_b[::-1] + d_tf[::-1])
-    bits = pcs.log2().sum().neg_()
+    logs = pcs.log2()
+    bits = (logs.mul_(weights) if weights is not None else logs).sum().neg_()
     if gx is None:
-        return bits, None
+        return (bits, None, pcs) if keep else (bits, None)
     scale = ([2.0 * k] if hidden else []) + [k] * max(hidden - 1, 0) + [last_scale * k]
     scale += [2.0 * k] * hidden + [k] + [k] * hidden
     torch._foreach_mul_(grads, scale)
-    return bits, [gx, *grads]
+    return (bits, [gx, *grads], pcs) if keep else (bits, [gx, *grads])
 
 
 class _FusedBits(torch.autograd.Function):

@@ -107,11 +107,13 @@ class LilNetXModel(nn.Module):
         """Number of slices plus dense weights (the rate normalizer ``N_rows`` of sec. 5)."""
         return sum(layer.latent.shape[0] for _, layer in self.latent_layers())
 
-    def rate_bits(self, noisy: bool | None = None) -> torch.Tensor:
+    def rate_bits(self, noisy: bool | None = None, table: int | None = None) -> torch.Tensor:
         """Self-information of all latents under the priors, in **bits** (scalar tensor).
 
         ``noisy=True`` adds U(-1/2, 1/2) noise to the continuous latents (training proxy);
         ``noisy=False`` rounds them (the evaluation rate). Default: ``self.training``.
+        ``table``: grid points of the tabulated rate (:mod:`lilnetx.core.rate_table`), used
+        for the noisy rate; ``None``, and always for the rounded rate: the exact evaluation.
         """
         noisy = self.training if noisy is None else noisy
         total = None
@@ -121,7 +123,7 @@ class LilNetXModel(nn.Module):
                 lat = lat + torch.empty_like(lat).uniform_(-0.5, 0.5)
             else:
                 lat = torch.round(lat)
-            bits = self.priors[group].bits(lat.t())
+            bits = self.priors[group].bits(lat.t(), table=table if noisy else None)
             total = bits if total is None else total + bits
         if total is None:
             return torch.zeros(())
