@@ -86,11 +86,12 @@ class FactorizedPrior(nn.Module):
         and backward pass over cache-sized chunks instead of a large autograd graph.
         ``table=P``: interpolated in a ``P``-point table per channel
         (:func:`lilnetx.core.rate_table.table_bits`; the training rate, within the tolerances
-        stated there).
+        stated there) when the channels hold at least ``2 P`` values each; fewer are evaluated
+        exactly, which then costs less than the grid.
         """
         sp = [F.softplus(m) for m in self.matrices]
         tf = [torch.tanh(f) for f in self.factors]
-        if table is not None:
+        if table is not None and x.shape[1] >= 2 * table:
             from lilnetx.core.rate_table import table_bits
 
             return table_bits(x, sp, list(self.biases), tf, points=table)

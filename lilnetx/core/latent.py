@@ -121,8 +121,12 @@ class GroupDecoder(nn.Module):
             self.weight.copy_(torch.diagonal(m.reshape(self.rows, self.rows)).mean().reshape(1, 1))
 
     def forward(self, latent_rows: torch.Tensor) -> torch.Tensor:
-        """(slices, rows) latent values -> (slices, rows) weight values (same dtype as input)."""
-        w = self.effective_weight().to(latent_rows.dtype)
+        """(slices, rows) latent values -> (slices, rows) weight values (same dtype as input).
+        Uses the effective weight that :func:`lilnetx.core.model.effective_decoders` computed
+        for the current forward pass, when there is one."""
+        w = self.__dict__.get("_effective")
+        w = w if w is not None else self.effective_weight()
+        w = w.to(latent_rows.dtype)
         if self.form == "full":
             return latent_rows @ w
         return latent_rows * w.reshape(1, -1)

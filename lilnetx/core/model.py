@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -60,6 +61,20 @@ class _SumSq(torch.autograd.Function):
         return tuple(torch._foreach_mul(ctx.saved_tensors, grad * 2))
 
 
+@contextmanager
+def effective_decoders(decoders):
+    """Within the block, each decoder's forward uses its effective (quantized) weight computed
+    once on entry; the autograd graph sums the gradients of every layer that uses it."""
+    decoders = list(decoders)
+    for d in decoders:
+        d.__dict__["_effective"] = d.effective_weight()
+    try:
+        yield
+    finally:
+        for d in decoders:
+            d.__dict__.pop("_effective", None)
+
+
 class LilNetXModel(nn.Module):
     """A converted network plus its shared decoders and probability models.
 
@@ -79,7 +94,9 @@ class LilNetXModel(nn.Module):
         self.arch: dict | None = None  # how to rebuild the network (set by lilnetx.experiment)
 
     def forward(self, *args, **kwargs):
-        return self.net(*args, **kwargs)
+        # every decoder quantized once per forward, not once per layer that uses it
+        with effective_decoders(self.decoders.values()):
+            return self.net(*args, **kwargs)
 
     def latent_layers(self) -> list[tuple[str, LatentLayer]]:
         """``(name, layer)`` for every latent layer, in module order."""

@@ -76,13 +76,16 @@ class _TableBits(torch.autograd.Function):
         grid, idx, frac, weights = _grid_weights(x.detach(), points)
         need = ctx.needs_input_grad
         want_params = any(need[3:])
-        bits, grads = _bits_and_grads(grid, sp, b, tf, need_grad=want_params, weights=weights)
+        bits, grads = _bits_and_grads(grid, sp, b, tf, need_grad=want_params or need[0],
+                                      weights=weights)
         saved = []
         if need[0]:
-            # the exact derivative at the grid points (an unweighted pass over the small grid),
-            # interpolated like the value: a difference of neighbouring values would lose
-            # float32 digits to cancellation on a fine grid
-            slope = _bits_and_grads(grid, sp, b, tf, need_grad=True)[1][0]
+            # the exact derivative at the grid points (the pass returns it times the weight;
+            # a point of weight 0 is used by no latent, or with a factor 0), interpolated like
+            # the value: a difference of neighbouring values would lose float32 digits to
+            # cancellation on a fine grid
+            used = weights > 0
+            slope = torch.where(used, grads[0] / torch.where(used, weights, 1.0), 0.0)
             rise = slope[:, 1:] - slope[:, :-1]
             saved.append(torch.addcmul(slope.gather(1, idx), rise.gather(1, idx), frac))
         ctx.has_x = bool(need[0])
