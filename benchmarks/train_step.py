@@ -53,7 +53,8 @@ from lilnetx.core.priors import l2_prior, slice_group_lasso
 from lilnetx.train import TrainConfig, joint_loss, make_optimizers
 
 SECTION = "train_step"
-TARGET_RATIO = 1.10
+TARGETS = {"resnet20-w1": 1.05, "resnet20-w4": 1.05, "lenet5": 1.25}
+"""Issue 15's targets: LilNetX / plain, ratio of the medians."""
 
 # name, model, input channels, image size, width
 CASES: list[tuple[str, str, int, int, float]] = [
@@ -93,7 +94,7 @@ def use_reference_path(model: LilNetXModel) -> None:
 
     Instance attributes only: other models in the process keep the library's implementation.
     """
-    def ref_bits(prior, x):
+    def ref_bits(prior, x, table=None):
         return -torch.log2(prior.likelihood(x)).sum()
 
     def ref_slice(self):
@@ -116,12 +117,16 @@ def use_reference_path(model: LilNetXModel) -> None:
 
 
 def lilnetx_stepper(net: nn.Module, x: torch.Tensor, y: torch.Tensor, width: float,
-                    reference: bool = False) -> Callable[[], None]:
-    """One LilNetX training step, as :func:`lilnetx.train.fit` runs it."""
+                    reference: bool = False, rate_table: int | None = None
+                    ) -> Callable[[], None]:
+    """One LilNetX training step, as :func:`lilnetx.train.fit` runs it (``rate_table``: the
+    training rate's grid, ``None`` the default, 0 the exact evaluation)."""
     model = convert(net, width=width)
     if reference:
         use_reference_path(model)
     cfg = TrainConfig(lr=1e-3)  # reference lambdas; a small lr keeps a long run stable
+    if rate_table is not None:
+        cfg.rate_table = rate_table
     opts = make_optimizers(model, cfg)
     model.train()
 
@@ -145,7 +150,7 @@ def timed_block(step: Callable[[], None], n: int, out: list[float]) -> None:
 
 def run_case(name: str, model: str, channels: int, size: int, width: float, *, batch: int,
              warmup: int, rounds: int, block: int | None, block_seconds: float, seed: int,
-             reference: bool) -> dict:
+             reference: bool, exact: bool = False) -> dict:
     torch.manual_seed(seed)
     net = create_model(model, in_channels=channels, image_size=size, num_classes=10, width=width)
     x = torch.randn(batch, channels, size, size)
@@ -154,6 +159,8 @@ def run_case(name: str, model: str, channels: int, size: int, width: float, *, b
     steppers = {"plain": plain_stepper(net, x, y), "lilnetx": lilnetx_stepper(net, x, y, width)}
     if reference:
         steppers["reference"] = lilnetx_stepper(net, x, y, width, reference=True)
+    if exact:
+        steppers["exact"] = lilnetx_stepper(net, x, y, width, rate_table=0)
     warm: dict[str, list[float]] = {k: [] for k in steppers}
     for key, step in steppers.items():
         timed_block(step, warmup, warm[key])
@@ -175,6 +182,9 @@ def run_case(name: str, model: str, channels: int, size: int, width: float, *, b
     if reference:
         out["reference_ms"] = ms["reference"]
         out["reference_ratio"] = ms["reference"] / ms["plain"]
+    if exact:
+        out["exact_ms"] = ms["exact"]
+        out["exact_ratio"] = ms["exact"] / ms["plain"]
     return out
 
 
@@ -184,10 +194,63 @@ def machine() -> dict:
             "loadavg_start": list(os.getloadavg())}
 
 
-def markdown_section(results: list[dict], info: dict, command: str, settings: dict) -> str:
+def profile_case(model_name: str, channels: int, size: int, width: float, *, batch: int,
+                 rounds: int, seed: int) -> dict:
+    """Median ms of the parts of one LilNetX step, each timed alone (forward and backward):
+    the rate (tabulated and exact), the slice and L2 penalties, the weight decoding (rounding,
+    decoders), the network's forward and backward with its weights decoded, the two Adam
+    steps; interleaved over ``rounds``."""
+    torch.manual_seed(seed)
+    net = create_model(model_name, in_channels=channels, image_size=size, num_classes=10,
+                       width=width)
+    model = convert(net, width=width)
+    model.train()
+    cfg = TrainConfig(lr=1e-3)
+    opts = make_optimizers(model, cfg)
+    x = torch.randn(batch, channels, size, size)
+    y = torch.randint(0, 10, (batch,))
+    layers = [layer for _, layer in model.latent_layers()]
+
+    def rate(table):
+        def go():
+            model.rate_bits(noisy=True, table=table).backward()
+        return go
+
+    def penalties():
+        (model.slice_penalty() * cfg.lambda_sparsity + model.l2_penalty() * cfg.lambda_l2
+         ).backward()
+
+    def decoding():
+        torch.stack([layer.decoded_weight().sum() for layer in layers]).sum().backward()
+
+    def network():
+        F.cross_entropy(model(x), y).backward()
+
+    def adam():
+        for o in opts:
+            o.step()
+
+    parts = {"rate, tabulated": rate(cfg.rate_table), "rate, exact": rate(None),
+             "slice + L2 penalties": penalties, "decoding (round, decoders)": decoding,
+             "network forward + backward": network, "two Adam steps": adam}
+    network()  # gradients exist for Adam
+    times: dict[str, list[float]] = {k: [] for k in parts}
+    for r in range(rounds + 1):
+        for key in (list(parts) if r % 2 == 0 else list(parts)[::-1]):
+            t0 = time.perf_counter()
+            parts[key]()
+            if r:  # round 0 warms up
+                times[key].append(time.perf_counter() - t0)
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+
+def markdown_section(results: list[dict], info: dict, command: str, settings: dict,
+                     profiles: list[dict] | None = None) -> str:
     reference = any("reference_ms" in r for r in results)
+    exact = any("exact_ms" in r for r in results)
     load = ", ".join(f"{a:.1f}" for a in info["loadavg_start"])
     load_end = ", ".join(f"{a:.1f}" for a in info.get("loadavg_end", []))
+    targets = ", ".join(f"{k} <= {v:.2f}x" for k, v in TARGETS.items())
     lines = [
         "## Training-step overhead (LilNetX vs plain PyTorch)",
         "",
@@ -201,10 +264,13 @@ def markdown_section(results: list[dict], info: dict, command: str, settings: di
         f"{settings['block_seconds']:g} s), after {settings['warmup']} warm-up steps each. Plain: "
         "the unconverted network, cross-entropy, one Adam. LilNetX: the converted network, the "
         "joint loss (CE + rate + L2 + slice penalties, reference lambdas), both Adam optimizers "
-        "(`lilnetx.train.joint_loss`, `make_optimizers`). "
-        f"Target: ratio <= {TARGET_RATIO:.2f} (the paper's public implementation measures "
-        "1.13-1.14x on a 2-core CPU).",
+        "(`lilnetx.train.joint_loss`, `make_optimizers`), the rate tabulated "
+        "(`rate_table` 4,096, the default). "
+        f"Targets (issue 15): {targets}.",
     ]
+    if exact:
+        lines += ["", "Exact: the same LilNetX step with `rate_table` 0 (the prior evaluated at "
+                  "every latent), timed in the same interleaved rounds."]
     if reference:
         lines += [
             "",
@@ -213,39 +279,47 @@ def markdown_section(results: list[dict], info: dict, command: str, settings: di
             "`priors.slice_group_lasso`/`l2_prior`, `latent.round_ste`), i.e. before the fused "
             "implementations; timed in the same interleaved rounds.",
         ]
-    lines += [
-        "",
-        "Notes: the rate term costs the same per latent weight whatever the batch, while the "
-        "network's own cost grows with the spatial size and the batch. LeNet-5 has many weights "
-        "(61,470, mostly in its first dense layer) for very little compute per image, so its "
-        "ratio stays far above the target; the ResNet-20 steps are dominated by convolutions. "
-        "With several threads every OpenMP region waits for its slowest thread, so on a shared "
-        "machine steps made of many small ops suffer most from other processes: compare the "
-        "load averages above.",
-    ]
     lines += ["", "Reproduce:", "", "```", command, "```"]
     for threads in dict.fromkeys(r["threads"] for r in results):
         lines += ["", f"{threads} thread{'s' if threads > 1 else ''}:", ""]
+        head = "| case | block | plain ms/step | LilNetX ms/step | ratio | target |"
+        rule = "|---|---:|---:|---:|---:|---|"
+        if exact:
+            head += " exact ms/step | exact ratio |"
+            rule += "---:|---:|"
         if reference:
-            lines += ["| case | block | plain ms/step | LilNetX ms/step | ratio "
-                      "| reference ms/step | reference ratio |",
-                      "|---|---:|---:|---:|---:|---:|---:|"]
-        else:
-            lines += ["| case | block | plain ms/step | LilNetX ms/step | ratio |",
-                      "|---|---:|---:|---:|---:|"]
+            head += " reference ms/step | reference ratio |"
+            rule += "---:|---:|"
+        lines += [head, rule]
         for r in (r for r in results if r["threads"] == threads):
+            target = TARGETS.get(r["case"])
+            verdict = "-" if target is None else (
+                f"<= {target:.2f}: {'met' if r['ratio'] <= target else '**missed**'}")
             row = (f"| {r['case']} (batch {r['batch']}, {r['input'][0]}x{r['input'][1]}x"
                    f"{r['input'][2]}) | {r['block']} | {r['plain_ms']:.1f} | "
-                   f"{r['lilnetx_ms']:.1f} | {r['ratio']:.3f} |")
+                   f"{r['lilnetx_ms']:.1f} | {r['ratio']:.3f} | {verdict} |")
+            if exact:
+                row += f" {r['exact_ms']:.1f} | {r['exact_ratio']:.3f} |"
             if reference:
                 row += f" {r['reference_ms']:.1f} | {r['reference_ratio']:.3f} |"
             lines.append(row)
+    if profiles:
+        keys = list(profiles[0]["parts"])
+        lines += ["", "Profile: the parts of one LilNetX step, each timed alone (forward and "
+                  "backward; median ms over interleaved rounds, batch "
+                  f"{settings['batch']}). The network row includes decoding its weights; the "
+                  "tabulated and exact rates are alternatives.", "",
+                  "| case | threads | " + " | ".join(keys) + " |",
+                  "|---|---:|" + "---:|" * len(keys)]
+        for pr in profiles:
+            lines.append(f"| {pr['case']} | {pr['threads']} | "
+                         + " | ".join(f"{pr['parts'][k]:.1f}" for k in keys) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, nargs="+", default=[2],
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                     help="torch.set_num_threads; several values run the cases once per value")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps of each trainer")
@@ -258,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
                     default=[c[0] for c in CASES])
     ap.add_argument("--reference", action="store_true",
                     help="also time LilNetX through the autograd reference formulas")
+    ap.add_argument("--exact", action="store_true",
+                    help="also time LilNetX with the exact rate (rate_table 0)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also time the parts of a LilNetX step, each alone")
     ap.add_argument("--quick", action="store_true", help="few short rounds: a fast, rougher run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -271,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     settings["batch"] = args.batch
     info = machine()
     results = []
+    profiles: list[dict] = []
     for threads, (name, model, channels, size, width) in (
             (t, c) for t in args.threads for c in CASES):
         if name not in args.cases:
@@ -279,9 +358,16 @@ def main(argv: list[str] | None = None) -> int:
         res = run_case(name, model, channels, size, width, batch=args.batch,
                        warmup=settings["warmup"], rounds=settings["rounds"], block=args.block,
                        block_seconds=settings["block_seconds"], seed=args.seed,
-                       reference=args.reference)
+                       reference=args.reference, exact=args.exact)
         res["threads"] = threads
         results.append(res)
+        if args.profile:
+            parts = profile_case(model, channels, size, width, batch=args.batch,
+                                 rounds=settings["rounds"] * 2, seed=args.seed)
+            profiles.append({"case": name, "threads": threads, "parts": parts})
+            if not args.json:
+                print("   profile: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()),
+                      flush=True)
         if not args.json:
             line = (f"{threads} thr {name:12s} block {res['block']:3d}  "
                     f"plain {res['plain_ms']:9.2f} ms  "
@@ -289,15 +375,18 @@ def main(argv: list[str] | None = None) -> int:
             if args.reference:
                 line += (f"  reference {res['reference_ms']:9.2f} ms  "
                          f"ratio {res['reference_ratio']:.3f}")
+            if args.exact:
+                line += f"  exact {res['exact_ms']:9.2f} ms  ratio {res['exact_ratio']:.3f}"
             print(line, flush=True)
     info["loadavg_end"] = list(os.getloadavg())
     if args.json:
-        print(json.dumps({"machine": info, "settings": settings, "results": results}, indent=2))
+        print(json.dumps({"machine": info, "settings": settings, "results": results,
+                          "profiles": profiles}, indent=2))
     if args.out is not None:
         command = "python benchmarks/train_step.py " + shlex.join(
             sys.argv[1:] if argv is None else argv)
         write_section(args.out, SECTION, markdown_section(results, info, command.strip(),
-                                                          settings))
+                                                          settings, profiles))
     return 0
 
 
