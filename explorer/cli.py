@@ -243,7 +243,7 @@ def _progress(enabled: bool):
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
                     console=Console(stderr=True), transient=False, auto_refresh=False)
     task = prog.add_task("train", total=None, epoch=1, info="")
-    state = {"last": "", "started": False}
+    state = {"last": "", "loss": "", "started": False}
 
     def cb(ev: dict) -> None:
         if not state["started"]:  # nothing on screen before training really starts
@@ -253,8 +253,10 @@ def _progress(enabled: bool):
         if ev["event"] == "step":
             if ev["step"] == 1:
                 prog.reset(task, total=ev["steps"], epoch=ev["epoch"], info="")
-            bits = f" bits {ev['bits']:.0f}" if ev.get("bits") is not None else ""
-            prog.update(task, completed=ev["step"], info=f"loss {ev['loss']:.3f}{bits}{state['last']}")
+            if ev.get("loss") is not None:  # read from the device every few steps only
+                bits = f" bits {ev['bits']:.0f}" if ev.get("bits") is not None else ""
+                state["loss"] = f"loss {ev['loss']:.3f}{bits}"
+            prog.update(task, completed=ev["step"], info=f"{state['loss']}{state['last']}")
         else:
             state["last"] = f" | val acc {ev['val_accuracy']:.3f}"
             prog.console.print(

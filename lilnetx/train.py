@@ -198,9 +198,10 @@ def fit(
 ) -> TrainResult:
     """Train ``model`` in place on ``splits.train``; validate on ``splits.val`` each epoch.
 
-    ``progress`` receives ``{"event": "step", "epoch", "step", "steps", "loss", "bits"}`` at the
-    first step of every epoch, every :data:`LOG_EVERY` steps and at its last step, and
-    ``{"event": "epoch", ...history row...}`` after every epoch.
+    ``progress`` receives ``{"event": "step", "epoch", "step", "steps", "loss", "bits"}`` after
+    every step, with ``loss`` and ``bits`` (None for a plain network) read from the device only
+    at the first step of every epoch, every :data:`LOG_EVERY` steps and at its last step (None
+    in between), and ``{"event": "epoch", ...history row...}`` after every epoch.
     ``schedule(step, total)`` replaces the warmup-cosine learning rate of the network optimizer;
     ``after_step()`` runs after every optimizer step (IMP re-applies its masks there);
     ``epoch_offset`` numbers the epochs of a later training phase after the earlier ones.
@@ -259,13 +260,15 @@ def fit(
                         sums[k] += terms[k].detach() * n
                 correct += (logits.detach().argmax(1) == y).sum()
                 seen += int(n)
-                if step == 1 or step % LOG_EVERY == 0 or step == steps:
+                read = step == 1 or step % LOG_EVERY == 0 or step == steps
+                if read:
                     _check_finite(finite, epoch, step)
-                    if progress is not None:
-                        progress({"event": "step", "epoch": epoch + epoch_offset, "step": step,
-                                  "steps": steps, "loss": float(loss.detach()),
-                                  "bits": float(terms["bits"].detach()) if "bits" in terms
-                                  else None})
+                if progress is not None:
+                    progress({"event": "step", "epoch": epoch + epoch_offset, "step": step,
+                              "steps": steps,
+                              "loss": float(loss.detach()) if read else None,
+                              "bits": float(terms["bits"].detach()) if read and "bits" in terms
+                              else None})
             _check_finite(finite, epoch, steps)
             sums = {k: float(v) for k, v in sums.items()}
             correct = int(correct)
