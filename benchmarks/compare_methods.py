@@ -1,6 +1,6 @@
 """Methods side by side: the fronts of a comparison sweep (LilNetX, IMP, quant, dense).
 
-Runs ``search_spaces/compare_fashion_mnist.yaml`` (1.5 to 2 hours on 2 cores) unless
+Runs ``search_spaces/compare_fashion_mnist.yaml`` (about 35 minutes on 2 cores) unless
 ``--db`` points at the MLflow sqlite file of a finished run of it, then writes:
 - ``docs/compare_fronts.png``: accuracy against file size, one front per method;
 - the ``compare`` section of ``docs/benchmarks.md``: each method's hypervolume over one shared
@@ -115,12 +115,15 @@ def report(res: dict, runs: dict, info: dict, png: Path, argv: list[str]) -> str
             fit = [p["accuracy"] for p in pts if p["size_bytes"] <= b]
             cells.append(f"{max(fit):.4f}" if fit else "-")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", headline(runs), "", "IMP stores its nonzeros as b-bit integers (searched) with an entropy-coded "
-              "sparsity pattern (the zero symbol), quant stores every weight with b bits under an "
-              "entropy code, both with their biases quantized like LilNetX's side information "
-              "(`side_bits` 8); dense stores float32; all in the same `.lnx` format (version 2), "
-              "measured by the same code (accuracy after quantization, on what the file "
-              "stores)."]
+    lines += ["", headline(runs), "",
+              "Every method's learning rate is searched, every trial trains 12 epochs in total "
+              "(IMP: 6 dense, then 3 pruning phases of 2 retraining epochs, LLR). IMP stores its "
+              "nonzeros as b-bit integers (b searched, 2-8) with an entropy-coded sparsity "
+              "pattern (the zero symbol), quant stores every weight with b bits (2-8) under an "
+              "entropy code; LilNetX, IMP and quant store biases, BatchNorm and decoders on a "
+              "power-of-two grid of `side_bits` (searched, 6 or 8); dense stores float32; all in "
+              "the same `.lnx` format (version 2), measured by the same code (accuracy after "
+              "quantization, on what the file stores)."]
     return "\n".join(lines)
 
 
