@@ -102,3 +102,34 @@ def test_nothing_unread_means_the_same_bytes():
     model = _model("lenet5", "diagonal")
     assert create_method("lilnetx", decoder="diagonal").encode(model, model.arch) == \
         fileformat.encode_model(model, model.arch)
+
+
+def test_a_quantized_plain_network_drops_its_unread_channels_too(tmp_path):
+    from lilnetx.core.sidequant import quantize_side_state
+    from lilnetx.deploy.unused import drop_unused_plain
+    from lilnetx.fileformat import encode_plain
+    from lilnetx.methods.quantize import apply_quantization, quantize_layers
+
+    torch.manual_seed(0)
+    net = lilnetx.create_model("lenet5", in_channels=1, image_size=28, num_classes=10).eval()
+    with torch.no_grad():
+        net[0][3].weight[:, 2] = 0  # conv2 reads nothing of conv1's channel 2
+    q = quantize_layers(net, 4)
+    apply_quantization(net, q)
+    quantize_side_state(net, 8, {f"{n}.weight" for n in q})
+    arch = archspec.registry_arch("lenet5", in_channels=1, image_size=28, num_classes=10,
+                                  data={"name": "fashion_mnist"})
+    slim_net, slim_q = drop_unused_plain(net, q, torch.randn(2, 1, 28, 28))
+    assert not slim_q["0.0"][0].reshape(6, 25)[2].any() and q["0.0"][0].reshape(6, 25)[2].any()
+    assert float(slim_net[0][0].bias[2]) == 0.0
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(slim_net(x), net(x))
+    plain = encode_plain(net, arch, q)
+    method = create_method("quant", bits=4)
+    method.quantized = q
+    dropped = method.encode(net, arch)
+    assert len(dropped) < len(plain)
+    fileformat.write(dropped, tmp_path / "q.lnx")
+    with torch.no_grad():
+        assert torch.equal(fileformat.load(tmp_path / "q.lnx").eval()(x), net(x))

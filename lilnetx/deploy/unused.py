@@ -123,3 +123,31 @@ def _apply(out: LilNetXModel, masks: dict[str, torch.Tensor]) -> Dropped:
             t[m] = 0
             dropped.side_entries += int(m.sum())
     return dropped
+
+
+def drop_unused_plain(net: nn.Module, quantized: dict, example: torch.Tensor
+                      ) -> tuple[nn.Module, dict]:
+    """For a quantized plain network (``quantized``: per layer name, its integer symbols
+    (numel, 1) and float32 scale, as :func:`lilnetx.methods.quantize.quantize_layers` gives
+    them, already applied to ``net`` and its side state on its stored grid): a copy of both
+    with the symbols, biases and BatchNorm entries that no output depends on set to zero. The
+    scales are kept, so every other weight decodes as before; the outputs are unchanged."""
+    masks = unused_entries(net.eval(), example)
+    out = copy.deepcopy(net)
+    if not masks:
+        return out, quantized
+    q = dict(quantized)
+    with torch.no_grad():
+        for name, module in out.named_modules():
+            for attr in ("weight", "bias", "running_mean"):
+                mask = masks.get(f"{name}.{attr}" if name else attr)
+                t = getattr(module, attr, None)
+                if mask is None or not isinstance(t, torch.Tensor) or t.shape != mask.shape:
+                    continue
+                t[mask.to(t.device)] = 0
+                if attr == "weight" and name in q:
+                    sym, scale = q[name]
+                    sym = sym.copy()
+                    sym[mask.reshape(-1).numpy()] = 0
+                    q[name] = (sym, scale)
+    return out, q

@@ -39,9 +39,17 @@ class Quantized(Method):
         return {"bits_estimate": information_bits(self.quantized)} if self.quantized else {}
 
     def encode(self, model: nn.Module, arch: dict) -> bytes:
+        """The file of the quantized ``model``, without what no output reads: the weights,
+        biases and BatchNorm entries of the channels the slim export removes are written as
+        zeros (:func:`lilnetx.deploy.unused.drop_unused_plain`), as LilNetX's are."""
+        from lilnetx.deploy.export import example_input
+        from lilnetx.deploy.unused import drop_unused_plain
         from lilnetx.fileformat import encode_plain
 
-        return encode_plain(model, arch, self.quantized)
+        quantized = self.quantized
+        if arch and quantized:
+            model, quantized = drop_unused_plain(model, quantized, example_input(arch, batch=2))
+        return encode_plain(model, arch, quantized)
 
 
 @register_method
