@@ -1,8 +1,8 @@
 """The tabulated training rate against the exact one: same training outcome, same gradients.
 
 1. Two seeded Fashion-MNIST LeNet-5 LilNetX runs (12 epochs, lr 0.02, prior lr 0.01, the
-   decoder and lambda_rate given), one with the tabulated rate (``rate_table`` 4,096, the
-   default) and one exact (``rate_table`` 0), side by side in two processes: test accuracy and
+   decoder and lambda_rate given), one with the tabulated rate (``rate_table`` at its
+   default, ``DEFAULT_POINTS``) and one exact (``rate_table`` 0), side by side in two processes: test accuracy and
    file size of each (target: within 0.3 points and 2%).
 2. On the trained priors and latents of the tabulated run, and on a ResNet-20 (width 4) at
    initialization, the tabulated rate against the exact one: relative error of the total bits
@@ -24,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import command_line, machine_line, write_section  # noqa: E402
+
+from lilnetx.core.rate_table import DEFAULT_POINTS  # noqa: E402
 
 BITS_RTOL, MIN_COSINE = 1e-4, 0.9999
 ACC_POINTS, SIZE_FRACTION = 0.3, 0.02
@@ -109,7 +111,7 @@ def gradient_rows(state: dict | None, quick: bool, decoder: str) -> list[dict]:
 
 
 def render(runs: dict, rows: list[dict], args, argv: list[str]) -> str:
-    t, e = runs[4096], runs[0]
+    t, e = runs[DEFAULT_POINTS], runs[0]
     dacc = 100 * (t["accuracy"] - e["accuracy"])
     dsize = t["size"] / e["size"] - 1
     ok_train = abs(dacc) <= 100 * ACC_POINTS / 100 and abs(dsize) <= SIZE_FRACTION
@@ -120,16 +122,16 @@ def render(runs: dict, rows: list[dict], args, argv: list[str]) -> str:
         f"lr 0.02, prior lr 0.01, lambda_rate {args.lambda_rate:g}, decoder {args.decoder}, "
         "batch 128, seed 0, one thread each, the two runs side by side:", "",
         "| rate | test accuracy | file size | training time |", "|---|---|---|---|",
-        f"| tabulated (4,096 points) | {100 * t['accuracy']:.2f}% | {t['size']:,} B | "
+        f"| tabulated ({DEFAULT_POINTS:,} points) | {100 * t['accuracy']:.2f}% | {t['size']:,} B | "
         f"{t['seconds']:.0f} s |",
         f"| exact | {100 * e['accuracy']:.2f}% | {e['size']:,} B | {e['seconds']:.0f} s |", "",
         f"Difference: {dacc:+.2f} points of accuracy, {100 * dsize:+.2f}% of size (targets: "
         f"within {ACC_POINTS} points and {100 * SIZE_FRACTION:g}%): "
         f"{'met' if ok_train else '**missed**'}. The two runs draw the same noise, so they "
         "differ only by the rate's interpolation error and what it changes downstream.", "",
-        "Tabulated against exact on the same noisy latents (a channel with fewer than 8,192 "
-        "values is evaluated exactly in training; here the table is used for every group, to "
-        "measure it):", "",
+        "Tabulated against exact on the same noisy latents (a channel with fewer than "
+        f"{2 * DEFAULT_POINTS:,} values is evaluated exactly in training; here the table is used "
+        "for every group, to measure it):", "",
         "| group | channels | values | bits (exact) | relative error of bits | "
         "cosine, latent gradients | lowest cosine, prior parameters |",
         "|---|---|---|---|---|---|---|",
@@ -155,12 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     with ProcessPoolExecutor(2) as pool:
         futures = {t: pool.submit(train, t, args.quick, args.decoder, args.lambda_rate)
-                   for t in (4096, 0)}
+                   for t in (DEFAULT_POINTS, 0)}
         runs = {t: f.result() for t, f in futures.items()}
     for t, r in runs.items():
         print(f"rate_table={t}: acc {r['accuracy']:.4f} size {r['size']} "
               f"{r['seconds']:.0f} s", file=sys.stderr)
-    rows = gradient_rows(runs[4096]["state"], args.quick, args.decoder)
+    rows = gradient_rows(runs[DEFAULT_POINTS]["state"], args.quick, args.decoder)
     body = render(runs, rows, args, sys.argv[1:] if argv is None else argv)
     if args.out:
         write_section(args.out, "rate_table", body)

@@ -119,7 +119,10 @@ def _details(uri: str, cache: ArtifactCache, run_id: str):
         page_size=40))
     history = {}
     for key in ("val_accuracy", "train_accuracy", "train_loss", "bits_estimate"):
-        pts = [(h.step, h.value) for h in c.get_metric_history(run_id, key) if h.step > 0]
+        logged = tracking.EPOCH_KEYS.get(key, key)
+        pts = [(h.step, h.value) for h in c.get_metric_history(run_id, logged) if h.step > 0]
+        if not pts and logged != key:  # a run recorded before the epoch keys were renamed
+            pts = [(h.step, h.value) for h in c.get_metric_history(run_id, key) if h.step > 0]
         if pts:
             history[key] = pts
     parts += [html.H4("Training curves"), dcc.Graph(figure=figures.curves_figure(history))]

@@ -89,8 +89,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     t.add_argument("--lambda-l2", type=_nonneg_float("--lambda-l2"), default=1e-6)
     t.add_argument("--warmup-epochs", type=_nonneg_float("--warmup-epochs"), default=None)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--rate-table", type=int, default=4096,
-                   help="grid points per channel of the tabulated training rate; 0: exact")
+    t.add_argument("--rate-table", type=int, default=None,
+                   help="grid points per channel of the tabulated training rate (default "
+                   "8192); 0: exact")
     t.add_argument("--limit", type=_pos_int("--limit"), default=None,
                    help="use at most this many training examples")
     t.add_argument("--data-root", default=None)
@@ -275,7 +276,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, prior_lr=args.prior_lr,
         lambda_rate=args.lambda_rate, lambda_sparsity=args.lambda_sparsity,
         lambda_l2=args.lambda_l2, warmup_epochs=args.warmup_epochs, seed=args.seed,
-        device=args.device, rate_table=args.rate_table)
+        device=args.device,
+        **({} if args.rate_table is None else {"rate_table": args.rate_table}))
     if args.onnx and not args.out:
         raise UsageError("--onnx needs --out FILE.lnx")
     options = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}

@@ -132,6 +132,13 @@ def child_runs(uri: str, experiment_id: str, sweep: str | None = None, status: s
             return out
 
 
+EPOCH_KEYS = {"val_accuracy": "epoch_val_accuracy", "bits_estimate": "epoch_bits_estimate"}
+"""Per-epoch training metrics logged under another name than the run's final metric of the
+same meaning: MLflow's latest value of a key is the one of the highest step, so an epoch's
+``val_accuracy`` (before IMP prunes the last time, before quant quantizes) would otherwise
+hide the accuracy of the stored network, logged at step 0."""
+
+
 def log_metrics(uri: str, run_id: str, metrics: dict, step: int = 0) -> None:
     """Log numeric, finite metrics in one batch call."""
     import math

@@ -69,7 +69,8 @@ def run_trial(config: dict, ctx: dict) -> dict:
             if ev["event"] == "step":
                 gate.checkpoint()
             else:
-                tracking.log_metrics(uri, run_id, {k: v for k, v in ev.items()
+                tracking.log_metrics(uri, run_id, {tracking.EPOCH_KEYS.get(k, k): v
+                                                   for k, v in ev.items()
                                                    if k not in ("event", "epoch")}, ev["epoch"])
 
         gate.enter()

@@ -84,8 +84,10 @@ def test_four_trials_recorded_and_pareto(tmp_path, monkeypatch, ray_session, cap
         assert r.data.tags["lilnetx.sweep"] == res.sweep
         names = {a.path for a in c.list_artifacts(r.info.run_id)}
         assert {"model.lnx", "layers.json"} <= names
-        curve = c.get_metric_history(r.info.run_id, "val_accuracy")
-        assert [p.step for p in curve if p.step > 0] == [1]
+        curve = c.get_metric_history(r.info.run_id, "epoch_val_accuracy")
+        assert [p.step for p in curve] == [1]
+        # the run's val_accuracy is the stored network's, logged once at step 0
+        assert [p.step for p in c.get_metric_history(r.info.run_id, "val_accuracy")] == [0]
     parent = c.get_run(res.parent_run_id)
     assert parent.data.metrics["front_size"] == len(res.front)
     assert parent.data.metrics["hypervolume"] > 0
@@ -255,6 +257,11 @@ def test_several_methods_one_front_each(tmp_path, monkeypatch, ray_session, caps
         expected = hypervolume([points[i] for i in nondominated(points, objectives)],
                                objectives, ref)
         assert out["methods"][m]["hypervolume"] == pytest.approx(expected)
+    from explorer import tracking
+
+    c = tracking.client(uri)
+    for r in runs:  # every method's val_accuracy is that of its stored network (step 0 only)
+        assert [p.step for p in c.get_metric_history(r.info.run_id, "val_accuracy")] == [0]
     # a dense fp32 file is the largest; imp stores 8-bit nonzeros
     size = {m: min(r.data.metrics["size_bytes"] for r in rs) for m, rs in by_method.items()}
     assert size["dense"] > size["imp"] and size["dense"] > size["quant"]

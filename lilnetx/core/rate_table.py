@@ -15,7 +15,7 @@ spanning each channel's latents, once per step, and interpolates linearly:
 
 Per latent this is about ten elementwise passes (locate, split, scatter-add, gather). The error
 is that of linear interpolation, ``h^2 / 8 max|f''|`` per latent for the value and
-``h^2 / 8 max|f'''|`` for the gradient: with 4,096 points over a span of 100 latent units, ``h`` is 0.024.
+``h^2 / 8 max|f'''|`` for the gradient: with 8,192 points over a span of 100 latent units, ``h`` is 0.012.
 ``tests/test_rate_table.py`` checks the stated tolerances against the exact path
 (:meth:`FactorizedPrior.bits` with ``exact=True``) on fresh and on trained priors.
 """
@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import torch
 
-DEFAULT_POINTS = 4096
-"""Grid points per channel (the table of a 3x3 group is 9 x 4,096 values)."""
+DEFAULT_POINTS = 8192
+"""Grid points per channel (the table of a 3x3 group is 9 x 8,192 values). 4,096 left the
+relative error of the bits of a trained LeNet-5's dense group at 9.6e-5, next to the 1e-4
+tolerance; 8,192 divides the interpolation error by four."""
 MAX_POINTS = 1 << 20
 
 _MIN_STEP = 1e-6
@@ -34,16 +36,16 @@ _MIN_STEP = 1e-6
 def _grid_weights(x: torch.Tensor, points: int):
     """Grid (channels, points), cell index and position in the cell (channels, N) and the
     summed interpolation weights (channels, points) of the values ``x`` (channels, N)."""
-    lo = x.amin(dim=1, keepdim=True)
-    hi = x.amax(dim=1, keepdim=True)
+    lo, hi = torch.aminmax(x, dim=1, keepdim=True)
     step = ((hi - lo) / (points - 1)).clamp_min_(_MIN_STEP)
     grid = torch.arange(points, device=x.device, dtype=x.dtype).mul(step).add_(lo)
-    frac = (x - lo).div_(step)
-    # a NaN or infinite latent makes the weights and so the bits NaN (the training loop's
-    # divergence check sees it); its cell index only has to be valid
-    cell = frac.floor().nan_to_num_(0.0, 0.0, 0.0).clamp_(0, points - 2)
-    frac.sub_(cell)  # position inside the cell, in [0, 1]
-    idx = cell.long()
+    inv = step.reciprocal()
+    frac = torch.addcmul(-lo * inv, x, inv)  # position on the grid, >= 0
+    # truncation is the floor here; a NaN or infinite latent gives some integer that the clamp
+    # makes a valid index, and its NaN weights make the bits NaN (the training loop's
+    # divergence check sees it)
+    idx = frac.long().clamp_(0, points - 2)
+    frac.sub_(idx)  # position inside the cell, in [0, 1]
     right = torch.zeros(grid.shape, dtype=x.dtype, device=x.device).scatter_add_(1, idx, frac)
     count = torch.zeros(grid.shape, dtype=x.dtype, device=x.device)
     count.scatter_add_(1, idx, torch.ones((), dtype=x.dtype, device=x.device).expand_as(frac))
