@@ -194,8 +194,9 @@ def headline(runs: dict) -> str:
             if m != "lilnetx" and theirs is not None and (ours is None or theirs > ours):
                 end = sizes[i + 1] - 1 if i + 1 < len(sizes) else 20_000
                 spans = behind.setdefault(m, [])
-                if spans and spans[-1][1] == b - 1 or spans and spans[-1][1] >= b:
-                    spans[-1] = (spans[-1][0], end, theirs, ours)
+                if spans and spans[-1][1] == b - 1:  # continues the previous span
+                    lo, _, best, at = spans[-1]
+                    spans[-1] = (lo, end, *((theirs, ours) if theirs > best else (best, at)))
                 else:
                     spans.append((b, end, theirs, ours))
     if not behind:

@@ -166,17 +166,15 @@ def _back(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 def _bits_and_grads(
     x: torch.Tensor, sp: list[torch.Tensor], b: list[torch.Tensor], tf: list[torch.Tensor],
-    need_grad: bool, weights: torch.Tensor | None = None, keep: bool = False,
-):
+    need_grad: bool, weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """``-log2(likelihood(x)).sum()`` and, if ``need_grad``, its gradients, in one pass.
 
     Args:
         x: (channels, N) values; sp: ``softplus(matrices)``; b: biases; tf: ``tanh(factors)``.
         weights: optional (channels, N) weight of each value in the sum (and its gradients).
-        keep: also return the (channels, N) floored likelihoods.
 
-    Returns ``(bits, grads)`` with ``grads = [d/dx, *d/dsp, *d/db, *d/dtf]`` (or ``None``),
-    and the likelihoods third with ``keep``.
+    Returns ``(bits, grads)`` with ``grads = [d/dx, *d/dsp, *d/db, *d/dtf]`` (or ``None``).
     The same function as :meth:`FactorizedPrior.likelihood`, differentiated by hand and evaluated
     chunk by chunk on the CPU (forward and backward of a chunk together, no autograd graph, the
     temporaries in cache). Two rewrites, exact in real arithmetic, save most of the elementwise
@@ -243,11 +241,11 @@ def _bits_and_grads(
     logs = pcs.log2()
     bits = (logs.mul_(weights) if weights is not None else logs).sum().neg_()
     if gx is None:
-        return (bits, None, pcs) if keep else (bits, None)
+        return bits, None
     scale = ([2.0 * k] if hidden else []) + [k] * max(hidden - 1, 0) + [last_scale * k]
     scale += [2.0 * k] * hidden + [k] + [k] * hidden
     torch._foreach_mul_(grads, scale)
-    return (bits, [gx, *grads], pcs) if keep else (bits, [gx, *grads])
+    return bits, [gx, *grads]
 
 
 class _FusedBits(torch.autograd.Function):

@@ -21,7 +21,9 @@ from torch import nn
 from lilnetx.core.model import LilNetXModel, decode
 from lilnetx.deploy.slimming import _channel_groups, dead_channels, zero_dead_reads
 
-_PER_CHANNEL = ("bias", "weight", "running_mean")  # BatchNorm entries of a channel
+_MASKED = ("weight", "bias", "running_mean")
+"""The tensors of a module that :func:`unused_entries` masks (for BatchNorm: the entries of a
+channel)."""
 
 
 @dataclass
@@ -67,7 +69,7 @@ def unused_entries(net: nn.Module, example: torch.Tensor) -> dict[str, torch.Ten
                 if module.bias is not None:
                     mark(f"{prefix}.bias", module.bias, item.idxs)
             elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                for attr in _PER_CHANNEL:
+                for attr in _MASKED:
                     t = getattr(module, attr, None)
                     if isinstance(t, torch.Tensor):
                         mark(f"{prefix}.{attr}", t, item.idxs)
@@ -101,27 +103,38 @@ def _store_side_state(out: LilNetXModel, plain: nn.Module) -> None:
             t.copy_(v.to(t.device, t.dtype))
 
 
+def _masked(net: nn.Module, masks: dict[str, torch.Tensor]):
+    """``(module name, module, attribute, mask)`` for every mask of ``masks`` (keyed like
+    ``net.state_dict()``)."""
+    for name, module in net.named_modules():
+        for attr in _MASKED:
+            mask = masks.get(f"{name}.{attr}" if name else attr)
+            if mask is not None:
+                yield name, module, attr, mask
+
+
+def _tensor(module: nn.Module, attr: str, mask: torch.Tensor) -> torch.Tensor | None:
+    t = getattr(module, attr, None)
+    return t if isinstance(t, torch.Tensor) and t.shape == mask.shape else None
+
+
 def _apply(out: LilNetXModel, masks: dict[str, torch.Tensor]) -> Dropped:
     dropped = Dropped()
     layers = dict(out.latent_layers())
-    for name, module in out.net.named_modules():
-        for attr in ("weight", "bias", "running_mean"):
-            mask = masks.get(f"{name}.{attr}" if name else attr)
-            if mask is None:
-                continue
-            if attr == "weight" and name in layers:
-                layer = layers[name]
-                slices = mask.reshape(mask.shape[0] * mask.shape[1], -1).any(dim=1)
-                slices &= layer.latent_int().ne(0).any(dim=1).cpu()
-                layer.latent[slices.to(layer.latent.device)] = 0
-                dropped.latent_slices += int(slices.sum())
-                continue
-            t = getattr(module, attr, None)
-            if not isinstance(t, torch.Tensor) or t.shape != mask.shape:
-                continue
-            m = mask.to(t.device) & t.ne(0)
-            t[m] = 0
-            dropped.side_entries += int(m.sum())
+    for name, module, attr, mask in _masked(out.net, masks):
+        if attr == "weight" and name in layers:
+            layer = layers[name]
+            slices = mask.reshape(mask.shape[0] * mask.shape[1], -1).any(dim=1)
+            slices &= layer.latent_int().ne(0).any(dim=1).cpu()
+            layer.latent[slices.to(layer.latent.device)] = 0
+            dropped.latent_slices += int(slices.sum())
+            continue
+        t = _tensor(module, attr, mask)
+        if t is None:
+            continue
+        m = mask.to(t.device) & t.ne(0)
+        t[m] = 0
+        dropped.side_entries += int(m.sum())
     return dropped
 
 
@@ -138,16 +151,14 @@ def drop_unused_plain(net: nn.Module, quantized: dict, example: torch.Tensor
         return out, quantized
     q = dict(quantized)
     with torch.no_grad():
-        for name, module in out.named_modules():
-            for attr in ("weight", "bias", "running_mean"):
-                mask = masks.get(f"{name}.{attr}" if name else attr)
-                t = getattr(module, attr, None)
-                if mask is None or not isinstance(t, torch.Tensor) or t.shape != mask.shape:
-                    continue
-                t[mask.to(t.device)] = 0
-                if attr == "weight" and name in q:
-                    sym, scale = q[name]
-                    sym = sym.copy()
-                    sym[mask.reshape(-1).numpy()] = 0
-                    q[name] = (sym, scale)
+        for name, module, attr, mask in _masked(out, masks):
+            t = _tensor(module, attr, mask)
+            if t is None:
+                continue
+            t[mask.to(t.device)] = 0
+            if attr == "weight" and name in q:
+                sym, scale = q[name]
+                sym = sym.copy()
+                sym[mask.reshape(-1).numpy()] = 0
+                q[name] = (sym, scale)
     return out, q
