@@ -148,16 +148,31 @@ def base_lr(model: nn.Module, cfg: TrainConfig) -> float:
     return 1e-2 if isinstance(model, LilNetXModel) else 1e-3
 
 
+_FUSED_DEVICES = ("cpu", "cuda")
+
+
+def adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """Adam over ``params``, with PyTorch's fused kernel when every tensor is a float tensor on
+    the CPU or a CUDA device (one kernel for all tensors instead of a dozen ops per tensor:
+    0.57 to 0.16 ms per LilNetX LeNet-5 step, 5.9 to 2.8 ms at ResNet-20 width 4, measured in
+    ``benchmarks/train_step.py --profile``); the same update otherwise."""
+    params = list(params)
+    fused = bool(params) and all(p.device.type in _FUSED_DEVICES and p.is_floating_point()
+                                 for p in params) and len({p.device for p in params}) == 1
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+
 def make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
-    """Adam for the network (latents, decoders, BN, biases) and Adam for the priors."""
+    """Adam for the network (latents, decoders, BN, biases) and Adam for the priors (each
+    built by :func:`adam`)."""
     prior_ids = set()
     opts = []
     if isinstance(model, LilNetXModel):
         prior = model.prior_parameters()
         prior_ids = {id(p) for p in prior}
-        opts.append(torch.optim.Adam(prior, lr=cfg.prior_lr))
+        opts.append(adam(prior, cfg.prior_lr))
     main = [p for p in model.parameters() if id(p) not in prior_ids and p.requires_grad]
-    opts.insert(0, torch.optim.Adam(main, lr=base_lr(model, cfg)))
+    opts.insert(0, adam(main, base_lr(model, cfg)))
     return opts
 
 

@@ -15,6 +15,7 @@ from lilnetx.core.sidequant import (
     fold_batchnorm,
     is_folded,
     quantize,
+    quantize_many_ste,
     quantize_ste,
     step_exponent,
     unit_variance,
@@ -50,6 +51,42 @@ def test_straight_through_gradient_is_the_identity():
     assert torch.equal(y.detach(), quantize(x.detach(), 4))
     (y * torch.arange(20.0)).sum().backward()
     assert torch.equal(x.grad, torch.arange(20.0))
+
+
+@pytest.mark.parametrize("bits", [2, 8, 16])
+def test_batched_quantization_equals_one_tensor_at_a_time(bits):
+    torch.manual_seed(bits)
+    xs = [torch.randn(5, 5) * 3.7, torch.randn(7) * 1e-3, torch.zeros(4), torch.tensor([0.5]),
+          torch.randn(3, 2, 2) * 400]
+    for x in xs:
+        x.requires_grad_(True)
+    many = quantize_many_ste(xs, bits)
+    for x, q in zip(xs, many, strict=True):
+        assert q.shape == x.shape
+        assert torch.equal(q, quantize(x.detach(), bits))
+    sum(((i + 1) * q).sum() for i, q in enumerate(many)).backward()
+    for i, x in enumerate(xs):  # straight through, each tensor its own gradient
+        assert torch.equal(x.grad, torch.full_like(x, i + 1.0))
+    assert quantize_many_ste(xs, 0) == xs
+    mixed = [torch.randn(3), torch.randn(3, dtype=torch.float64), torch.empty(0)]
+    got = quantize_many_ste(mixed, bits)
+    assert all(torch.equal(q, quantize(x, bits)) for x, q in zip(mixed, got, strict=True))
+
+
+def test_a_forward_quantizes_decoders_and_biases_once_and_clears_them():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    model = lilnetx.convert(net)
+    x = torch.randn(2, 1, 8, 8)
+    out = model(x)
+    layers = [m for _, m in model.latent_layers()]
+    assert all("_effective_bias" not in m.__dict__ for m in layers)
+    assert all("_effective" not in d.__dict__ for d in model.decoders.values())
+    # the same forward, each layer quantizing its own side information
+    h = x
+    for m in model.net:
+        h = m(h)
+    assert torch.equal(out, h)
 
 
 def test_folded_batchnorm_is_an_affine_map_with_unit_variance():

@@ -122,7 +122,7 @@ class GroupDecoder(nn.Module):
 
     def forward(self, latent_rows: torch.Tensor) -> torch.Tensor:
         """(slices, rows) latent values -> (slices, rows) weight values (same dtype as input).
-        Uses the effective weight that :func:`lilnetx.core.model.effective_decoders` computed
+        Uses the effective weight that :func:`lilnetx.core.model.effective_side` computed
         for the current forward pass, when there is one."""
         w = self.__dict__.get("_effective")
         w = w if w is not None else self.effective_weight()
@@ -178,7 +178,8 @@ class _LatentMixin:
         (the side-information precision of the model), as the file stores it."""
         from lilnetx.core.sidequant import quantize_ste
 
-        return quantize_ste(self.bias, self.decoder.bits)
+        q = self.__dict__.get("_effective_bias")
+        return q if q is not None else quantize_ste(self.bias, self.decoder.bits)
 
     @torch.no_grad()
     def _stored_bias(self) -> torch.Tensor:

@@ -23,7 +23,12 @@ from lilnetx.core.latent import (
     group_key,
 )
 from lilnetx.core.priors import _EPS as _SLICE_EPS
-from lilnetx.core.sidequant import DEFAULT_SIDE_BITS, check_side_bits, quantize_side_state
+from lilnetx.core.sidequant import (
+    DEFAULT_SIDE_BITS,
+    check_side_bits,
+    quantize_many_ste,
+    quantize_side_state,
+)
 from lilnetx.errors import ConfigError
 from lilnetx.layers import convertible_layers
 
@@ -62,17 +67,27 @@ class _SumSq(torch.autograd.Function):
 
 
 @contextmanager
-def effective_decoders(decoders):
-    """Within the block, each decoder's forward uses its effective (quantized) weight computed
-    once on entry; the autograd graph sums the gradients of every layer that uses it."""
+def effective_side(decoders, layers=()):
+    """Within the block, each decoder's forward uses its effective (quantized) weight and each
+    latent layer its effective bias, all computed once on entry (one batched quantization,
+    :func:`~lilnetx.core.sidequant.quantize_many_ste`, per side-information precision); the
+    autograd graph sums the gradients of every layer that uses a decoder."""
     decoders = list(decoders)
+    biased = [layer for layer in layers if getattr(layer, "bias", None) is not None]
+    by_bits: dict[int, list[tuple[object, str, torch.Tensor]]] = {}
     for d in decoders:
-        d.__dict__["_effective"] = d.effective_weight()
+        by_bits.setdefault(d.bits, []).append((d, "_effective", d.weight))
+    for layer in biased:
+        by_bits.setdefault(layer.decoder.bits, []).append((layer, "_effective_bias", layer.bias))
+    for bits, items in by_bits.items():
+        for (owner, key, _), q in zip(items, quantize_many_ste([t for *_, t in items], bits), strict=True):
+            owner.__dict__[key] = q
     try:
         yield
     finally:
-        for d in decoders:
-            d.__dict__.pop("_effective", None)
+        for owner in (*decoders, *biased):
+            owner.__dict__.pop("_effective", None)
+            owner.__dict__.pop("_effective_bias", None)
 
 
 class LilNetXModel(nn.Module):
@@ -94,8 +109,9 @@ class LilNetXModel(nn.Module):
         self.arch: dict | None = None  # how to rebuild the network (set by lilnetx.experiment)
 
     def forward(self, *args, **kwargs):
-        # every decoder quantized once per forward, not once per layer that uses it
-        with effective_decoders(self.decoders.values()):
+        # every decoder quantized once per forward, not once per layer that uses it, and the
+        # decoders and biases in one batched pass
+        with effective_side(self.decoders.values(), (m for _, m in self.latent_layers())):
             return self.net(*args, **kwargs)
 
     def latent_layers(self) -> list[tuple[str, LatentLayer]]:
@@ -137,7 +153,7 @@ class LilNetXModel(nn.Module):
         for group, layers in self.groups().items():
             lat = torch.cat([layer.latent for _, layer in layers], dim=0)
             if noisy:
-                lat = lat + torch.empty_like(lat).uniform_(-0.5, 0.5)
+                lat = torch.empty_like(lat).uniform_(-0.5, 0.5).add_(lat)  # one buffer, not two
             else:
                 lat = torch.round(lat)
             bits = self.priors[group].bits(lat.t(), table=table if noisy else None)

@@ -52,11 +52,7 @@ def quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
     if not bits:
         return x
     m = x.detach().abs().amax() if x.numel() else x.new_zeros(())
-    mant, exp = torch.frexp(m.float())
-    ceil_log2 = exp - (mant == 0.5).to(exp.dtype)
-    e = (ceil_log2 - (bits - 1)).clamp(MIN_EXPONENT, MAX_EXPONENT)
-    step = torch.ldexp(torch.ones((), device=x.device, dtype=x.dtype), e.to(x.dtype))
-    step = torch.where(m > 0, step, torch.ones_like(step))
+    step = _steps(m, bits, x.dtype)
     return torch.round(x / step) * step
 
 
@@ -68,6 +64,42 @@ class _QuantSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad, None
+
+
+def _steps(m: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Tensor:
+    """The grid steps ``2**e`` (same shape as ``m``) of tensors whose largest magnitudes are
+    ``m``; a zero magnitude gets the step 1."""
+    mant, exp = torch.frexp(m.float())
+    ceil_log2 = exp - (mant == 0.5).to(exp.dtype)
+    e = (ceil_log2 - (bits - 1)).clamp(MIN_EXPONENT, MAX_EXPONENT)
+    step = torch.ldexp(torch.ones_like(m, dtype=dtype), e.to(dtype))
+    return torch.where(m > 0, step, torch.ones_like(step))
+
+
+class _QuantManySTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, bits, *xs):
+        flat = torch.cat([x.reshape(-1) for x in xs])
+        m = torch.stack(torch._foreach_norm([x.detach() for x in xs], ord=float("inf")))
+        sizes = [x.numel() for x in xs]
+        step = _steps(m, bits, flat.dtype).repeat_interleave(
+            torch.tensor(sizes, device=flat.device), output_size=flat.numel())
+        out = torch.round(flat / step).mul_(step).split(sizes)
+        return tuple(o.view(x.shape) for o, x in zip(out, xs, strict=True))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None, *grads)
+
+
+def quantize_many_ste(xs: list[torch.Tensor], bits: int) -> list[torch.Tensor]:
+    """:func:`quantize_ste` of every tensor of ``xs`` (each on its own grid, the same values),
+    in a handful of kernels for all of them instead of a dozen per tensor."""
+    if not bits or not xs:
+        return list(xs)
+    if (any(x.numel() == 0 for x in xs) or len({(x.dtype, x.device) for x in xs}) > 1):
+        return [quantize_ste(x, bits) for x in xs]
+    return list(_QuantManySTE.apply(bits, *xs))
 
 
 def quantize_ste(x: torch.Tensor | None, bits: int) -> torch.Tensor | None:
