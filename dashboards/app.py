@@ -8,6 +8,7 @@ import re
 import tempfile
 
 from dash import Dash, Input, Output, State, dash_table, dcc, html, no_update
+from dash.exceptions import PreventUpdate
 from flask import abort, send_file
 
 from explorer import tracking
@@ -97,6 +98,7 @@ def layout(uri: str, experiment: str | None):
         html.H4("Hypervolume by finished trial"),
         dcc.Graph(id="hv", config={"displaylogo": False}),
         dcc.Store(id="selected-run", storage_type="session"),
+        dcc.Store(id="rendered"),  # what each figure was drawn from (skip unchanged ones)
         dcc.Interval(id="refresh", interval=REFRESH_MS),
     ], style={"fontFamily": "sans-serif", "margin": "0 16px"})
 
@@ -181,25 +183,40 @@ def create_app(tracking_uri: str | None = None, experiment: str | None = None) -
             abort(404)
         return send_file(path, as_attachment=True, download_name=f"{run_id[:8]}.lnx")
 
+    memo: dict = {}  # incremental fronts and hypervolume histories, kept between refreshes
+
     @app.callback(
         Output("pareto", "figure"), Output("parcoords", "figure"), Output("hv", "figure"),
         Output("status", "children"), Output("summary", "children"),
         Output("sweep", "options"), Output("methods", "options"), Output("methods", "value"),
-        Output("color-by", "options"),
+        Output("color-by", "options"), Output("rendered", "data"),
         Input("refresh", "n_intervals"), Input("experiment", "value"), Input("sweep", "value"),
         Input("methods", "value"), Input("x-axis", "value"), Input("y-axis", "value"),
         Input("color-by", "value"), Input("third", "value"), Input("selected-run", "data"),
-        State("methods", "options"))
-    def refresh(_n, exp_name, sweep, methods, x, y, color, third, selected, method_opts):
+        State("methods", "options"), State("rendered", "data"))
+    def refresh(_n, exp_name, sweep, methods, x, y, color, third, selected, method_opts,
+                rendered=None):
         empty = figures.empty_figure
         if not exp_name:
             msg = "no experiment yet: run `lilnetx sweep SPACE.yaml` first"
-            return (empty(msg), empty(msg), empty(msg), msg, "", no_update, [], [], no_update)
+            return (empty(msg), empty(msg), empty(msg), msg, "", no_update, [], [], no_update,
+                    None)
         try:
             exp = load_experiment(uri, exp_name)
         except DashboardDataError as e:
             return (empty(str(e)), empty(str(e)), empty(str(e)), str(e), "", no_update,
-                    no_update, no_update, no_update)
+                    no_update, no_update, no_update, None)
+        rendered = rendered or {}
+
+        def figure_keys(methods):
+            """What each figure is drawn from; a figure whose key the page has is not rebuilt."""
+            base = [exp_name, exp.version, sweep, sorted(methods or [])]
+            return {"pareto": base + [x, y, color, third, selected], "parcoords": base + [x, y],
+                    "hv": base + [x, y], "page": base}
+
+        keys = figure_keys(methods)
+        if all(rendered.get(k) == v for k, v in keys.items()):
+            raise PreventUpdate  # nothing changed since this page drew: no figure rebuilt
         runs = exp.runs if sweep in (None, "all") else [r for r in exp.runs if r.sweep == sweep]
         all_methods = sorted({r.method for r in exp.runs})
         new_opts = [{"label": m, "value": m} for m in all_methods]
@@ -207,9 +224,12 @@ def create_app(tracking_uri: str | None = None, experiment: str | None = None) -
         if set(all_methods) != known:  # new methods are shown; the user's choice is kept
             methods = sorted(set(methods or []) | (set(all_methods) - known))
         runs = [r for r in runs if r.method in (methods or all_methods)]
-        params = sorted({k for r in exp.runs for k, v in r.params.items()
-                         if isinstance(v, int | float) and len({
-                             q.params.get(k) for q in exp.runs}) > 1})
+        values: dict[str, set] = {}
+        for r in exp.runs:
+            for k, v in r.params.items():
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    values.setdefault(k, set()).add(v)
+        params = sorted(k for k, vs in values.items() if len(vs) > 1)
         color_opts = [{"label": "method", "value": ""}] + [{"label": k, "value": k}
                                                             for k in params]
         sweeps = [{"label": "all sweeps", "value": "all"}] + [{"label": s, "value": s}
@@ -223,13 +243,20 @@ def create_app(tracking_uri: str | None = None, experiment: str | None = None) -
         if not runs:
             msg = f"experiment {exp_name!r} has no runs yet"
             return (empty(msg), empty(msg), empty(msg), msg, "", sweeps, new_opts, methods,
-                    color_opts)
-        pareto = figures.pareto_figure(runs, x, y, color=color or None, z=third or None,
-                                       selected=selected)
+                    color_opts, None)
+        keys = figure_keys(methods)
+
+        def build(name, fn):
+            return no_update if rendered.get(name) == keys[name] else fn()
+
+        pareto = build("pareto", lambda: figures.pareto_figure(
+            runs, x, y, color=color or None, z=third or None, selected=selected, memo=memo))
         metrics = list(objectives) or [y, x]
-        parcoords = figures.parallel_figure(runs, params, metrics)
-        hv = figures.hypervolume_figure(runs, objectives or {x: "min", y: "max"})
-        return pareto, parcoords, hv, "", summary, sweeps, new_opts, methods, color_opts
+        parcoords = build("parcoords", lambda: figures.parallel_figure(runs, params, metrics))
+        hv = build("hv", lambda: figures.hypervolume_figure(
+            runs, objectives or {x: "min", y: "max"}, memo=memo))
+        return (pareto, parcoords, hv, "", summary, sweeps, new_opts, methods, color_opts,
+                keys)
 
     @app.callback(Output("selected-run", "data"), Input("pareto", "clickData"),
                   prevent_initial_call=True)

@@ -8,11 +8,11 @@ fills in as runs arrive.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from explorer import tracking
 from explorer.pareto import search_metric
+from explorer.runs import RunCache, RunRecord, cache_for
 from lilnetx.errors import LilNetXError
 
 
@@ -36,34 +36,14 @@ class DashboardDataError(LilNetXError):
 
 
 @dataclass
-class RunRecord:
-    run_id: str
-    name: str
-    status: str
-    sweep: str
-    method: str
-    trial: int
-    start_time: int
-    params: dict
-    metrics: dict
-    error: str = ""
-
-
-@dataclass
 class Experiment:
     name: str
     experiment_id: str
     runs: list[RunRecord]
     sweeps: list[str] = field(default_factory=list)
     objectives: dict[str, dict] = field(default_factory=dict)
-
-
-def _number(v: str):
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return v
-    return int(f) if f.is_integer() and "." not in str(v) and "e" not in str(v).lower() else f
+    version: int = 0
+    """:attr:`explorer.runs.RunCache.version` of the runs (grows when any run changed)."""
 
 
 def list_experiments(uri: str) -> list[str]:
@@ -75,42 +55,34 @@ def list_experiments(uri: str) -> list[str]:
         raise DashboardDataError(f"tracking server {uri} is unreachable: {e}") from None
 
 
-def load_experiment(uri: str, name: str) -> Experiment:
-    """All trial runs of experiment ``name`` (every sweep), oldest first."""
+_IDS: dict[tuple[str, str], str] = {}
+
+
+def experiment_cache(uri: str, name: str) -> RunCache:
+    """The process-wide run cache of experiment ``name`` (its id looked up once)."""
+    key = (uri, name)
+    if key not in _IDS:
+        try:
+            tracking.check_server(uri, timeout=3)
+            exp = tracking.client(uri).get_experiment_by_name(name)
+        except Exception as e:
+            raise DashboardDataError(f"tracking server {uri} is unreachable: {e}") from None
+        if exp is None:
+            raise DashboardDataError(f"experiment {name!r} does not exist at {uri}")
+        _IDS[key] = exp.experiment_id
+    return cache_for(uri, _IDS[key])
+
+
+def load_experiment(uri: str, name: str, *, full: bool = False) -> Experiment:
+    """All trial runs of experiment ``name`` (every sweep), oldest first, brought up to date
+    incrementally (:meth:`explorer.runs.RunCache.refresh`; ``full``: read everything again)."""
+    cache = experiment_cache(uri, name)
     try:
-        tracking.check_server(uri, timeout=3)
-        c = tracking.client(uri)
-        exp = c.get_experiment_by_name(name)
+        cache.reload() if full else cache.refresh()
     except Exception as e:
         raise DashboardDataError(f"tracking server {uri} is unreachable: {e}") from None
-    if exp is None:
-        raise DashboardDataError(f"experiment {name!r} does not exist at {uri}")
-    runs = []
-    for r in tracking.child_runs(uri, exp.experiment_id):
-        tags = r.data.tags
-        try:
-            trial = int(tags.get(tracking.TAG_TRIAL, -1))
-        except ValueError:
-            trial = -1
-        runs.append(RunRecord(
-            run_id=r.info.run_id, name=r.info.run_name or r.info.run_id[:8],
-            status=r.info.status, sweep=tags.get(tracking.TAG_SWEEP, ""),
-            method=tags.get(tracking.TAG_METHOD, "lilnetx"), trial=trial,
-            start_time=r.info.start_time or 0,
-            params={k: _number(v) for k, v in r.data.params.items()},
-            metrics=dict(r.data.metrics), error=tags.get(tracking.TAG_ERROR, "")))
-    runs.sort(key=lambda r: (r.start_time, r.trial))
-    parents = c.search_runs([exp.experiment_id],
-                            filter_string=f"tags.`{tracking.TAG_ROLE}` = 'sweep'",
-                            order_by=["attributes.start_time ASC"])
-    objectives = {}
-    for p in parents:
-        try:
-            objectives[p.data.tags[tracking.TAG_SWEEP]] = json.loads(
-                p.data.tags.get(tracking.TAG_OBJECTIVES, "{}"))
-        except (KeyError, json.JSONDecodeError):
-            continue
-    return Experiment(name, exp.experiment_id, runs, list(objectives), objectives)
+    return Experiment(name, cache.experiment_id, cache.records(), cache.sweeps,
+                      dict(cache.objectives), cache.version)
 
 
 def objectives_of(exp: Experiment, sweep: str | None) -> dict[str, str]:

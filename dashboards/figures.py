@@ -8,6 +8,8 @@ import math
 import plotly.graph_objects as go
 
 from explorer.pareto import (
+    FrontHistory,
+    IncrementalFront,
     hypervolume,
     log_objectives,
     log_reference_point,
@@ -56,25 +58,52 @@ def _has(r: RunRecord, *keys: str) -> bool:
 
 
 def _hover(r: RunRecord, metrics: tuple[str, ...]) -> str:
-    params = ", ".join(f"{k}={r.params[k]:.3g}" if isinstance(r.params[k], float)
-                       else f"{k}={r.params[k]}" for k in KEY_PARAMS if k in r.params)
-    vals = "<br>".join(f"{m}: {r.metrics[m]:.4g}" for m in metrics if m in r.metrics)
+    """Hover text in the units people read: ``lambda_rate=1e-4``, ``88.5%``, ``5.0 KB, 49x
+    smaller``, ``0.84 ms``."""
+    from lilnetx.metrics import METRICS, format_metric, format_param, format_size
+
+    params = ", ".join(f"{k}={format_param(r.params[k])}" for k in KEY_PARAMS if k in r.params)
+    lines = []
+    for m in metrics:
+        if m not in r.metrics:
+            continue
+        name = METRICS.get(m).label if m in METRICS else m
+        value = (format_size(r.metrics[m], r.metrics.get("dense_bytes")) if m == "size_bytes"
+                 else format_metric(m, r.metrics[m]))
+        lines.append(f"{name}: {value}")
     status = "" if r.status == "FINISHED" else f" ({r.status.lower()})"
-    return f"<b>{r.name}</b>{status}<br>{r.method}: {params}<br>{vals}"
+    return f"<b>{r.name}</b>{status}<br>{r.method}: {params}<br>" + "<br>".join(lines)
 
 
-def front_indices(runs: list[RunRecord], metrics: tuple[str, ...]) -> list[int]:
-    points = [r.metrics for r in runs]
-    return nondominated(points, {m: direction(m) for m in metrics}, as_searched=False)
+def front_indices(runs: list[RunRecord], metrics: tuple[str, ...], *,
+                  memo: dict | None = None, key=None) -> list[int]:
+    """Indices of the non-dominated ``runs`` over ``metrics`` (their plotted values). With
+    ``memo`` (kept by the caller between refreshes) and a ``key`` naming the subset, the front is
+    updated incrementally (:class:`explorer.pareto.IncrementalFront`)."""
+    objectives = {m: direction(m) for m in metrics}
+    if memo is None:
+        return nondominated([r.metrics for r in runs], objectives, as_searched=False)
+    inc = memo.get((key, metrics))
+    if inc is None:
+        inc = memo[(key, metrics)] = IncrementalFront(objectives, as_searched=False)
+    ids = set(inc.update({r.run_id: r.metrics for r in runs}, {r.run_id: r.rev for r in runs}))
+    return [i for i, r in enumerate(runs) if r.run_id in ids]
+
+
+GL_POINTS = 1000
+"""A trace with more points than this is drawn with WebGL (``Scattergl``): SVG slows the
+browser down past a few thousand markers."""
 
 
 def pareto_figure(runs: list[RunRecord], x: str, y: str, *, color: str | None = None,
-                  z: str | None = None, selected: str | None = None) -> go.Figure:
+                  z: str | None = None, selected: str | None = None,
+                  memo: dict | None = None) -> go.Figure:
     """Pareto view of ``runs`` over metrics ``x`` and ``y`` (and ``z`` in 3-D).
 
     One front per method, drawn as a step line with its points highlighted; dominated and
     failed runs faded; log axes where values span two decades; points coloured by the
-    hyperparameter ``color``; every point carries its run id in ``customdata``.
+    hyperparameter ``color``; every point carries its run id in ``customdata``. ``memo``: see
+    :func:`front_indices`.
     """
     dims = (x, y) + ((z,) if z else ())
     usable = [r for r in runs if _has(r, *dims)]
@@ -94,7 +123,7 @@ def pareto_figure(runs: list[RunRecord], x: str, y: str, *, color: str | None = 
         group = [r for r in usable if r.method == method]
         done = [r for r in group if r.status == "FINISHED"]
         failed = [r for r in group if r.status != "FINISHED"]
-        front = set(front_indices(done, dims)) if done else set()
+        front = set(front_indices(done, dims, memo=memo, key=method)) if done else set()
         on = [done[i] for i in sorted(front)]
         off = [r for i, r in enumerate(done) if i not in front]
         base = PALETTE[mi % len(PALETTE)]
@@ -116,8 +145,8 @@ def pareto_figure(runs: list[RunRecord], x: str, y: str, *, color: str | None = 
             if z:
                 return go.Scatter3d(x=[r.metrics[x] for r in rs], y=[r.metrics[y] for r in rs],
                                     z=[r.metrics[z] for r in rs], **common)
-            return go.Scatter(x=[r.metrics[x] for r in rs], y=[r.metrics[y] for r in rs],
-                              **common)
+            kind = go.Scattergl if len(rs) > GL_POINTS else go.Scatter
+            return kind(x=[r.metrics[x] for r in rs], y=[r.metrics[y] for r in rs], **common)
 
         if off:
             fig.add_trace(scatter(off, f"{method}: dominated", 0.3, 8))
@@ -181,40 +210,69 @@ def parallel_figure(runs: list[RunRecord], params: list[str], metrics: list[str]
     return fig
 
 
+def _finish_order(r: RunRecord) -> tuple:
+    """Runs in the order they finished (start order for records without an end time)."""
+    return (r.end_time or r.start_time, r.start_time, r.trial)
+
+
 def hypervolume_history(runs: list[RunRecord], objectives: dict[str, str], *,
-                        log: bool = True) -> dict[str, list]:
-    """Per method: (trial number, hypervolume of the front of the finished runs so far), with
-    one reference point shared by all methods. ``log``: sizes, latencies, MACs (the
-    :func:`explorer.pareto.log_objectives`) on a log10 axis, from
-    :func:`explorer.pareto.log_reference_point` (runs with such a value <= 0 left out)."""
+                        log: bool = True, memo: dict | None = None) -> dict[str, list]:
+    """Per method: (k, hypervolume of the front of the first k finished runs) for k = 1..n, in
+    the order the runs finished, with one reference point shared by all methods. ``log``:
+    sizes, latencies, MACs (the :func:`explorer.pareto.log_objectives`) on a log10 axis, from
+    :func:`explorer.pareto.log_reference_point` (runs with such a value <= 0 left out).
+
+    The fronts come from :class:`explorer.pareto.FrontHistory`, which keeps only the arrivals
+    that change the front; a hypervolume is computed once per change. ``memo`` (a dict kept by
+    the caller between refreshes): when the runs of a method extend those of the last call (same
+    runs and revisions, in the same order, then new ones), only the new runs are processed."""
     metrics = list(objectives)
     done = [r for r in runs if r.status == "FINISHED" and _has(r, *metrics)]
-    points = {id(r): r.metrics for r in done}
-    if log and log_objectives(objectives):
-        logged, _ = to_log([{**r.metrics, "_id": id(r)} for r in done], objectives)
+    points = {r.run_id: r.metrics for r in done}
+    use_log = log and bool(log_objectives(objectives))
+    if use_log:
+        logged, _ = to_log([{**r.metrics, "_id": r.run_id} for r in done], objectives)
         points = {p["_id"]: p for p in logged}
-        done = [r for r in done if id(r) in points]
+        done = [r for r in done if r.run_id in points]
     if not done:
         return {}
-    ref = (log_reference_point(list(points.values()), objectives)
-           if log and log_objectives(objectives)
-           else reference_point([r.metrics for r in done], objectives))
+    ref = (log_reference_point(list(points.values()), objectives) if use_log
+           else reference_point(list(points.values()), objectives))
+    ref_key = tuple(sorted(ref.items()))
+    memo = {} if memo is None else memo
     out: dict[str, list] = {}
     for method in sorted({r.method for r in done}):
-        rs = sorted((r for r in done if r.method == method), key=lambda r: (r.start_time, r.trial))
-        series, front = [], []
-        for k, r in enumerate(rs):
-            cand = front + [points[id(r)]]
-            front = [cand[i] for i in nondominated(cand, objectives)]
-            series.append((k + 1, hypervolume(front, objectives, ref)))
+        rs = sorted((r for r in done if r.method == method), key=_finish_order)
+        sig = [(r.run_id, r.rev) for r in rs]
+        key = (method, tuple(objectives.items()), use_log)
+        entry = memo.get(key)
+        if entry is None or entry["sig"] != sig[:len(entry["sig"])]:
+            entry = {"sig": [], "hist": FrontHistory(objectives), "hv": {}}
+            memo[key] = entry
+        new = rs[len(entry["sig"]):]
+        entry["hist"].extend([r.run_id for r in new], [points[r.run_id] for r in new])
+        entry["sig"] = sig
+        if entry.get("ref") != ref_key:
+            entry["hv"], entry["ref"] = {}, ref_key
+        hvs = entry["hv"]
+        series, c, value = [], 0, 0.0
+        changes = entry["hist"].changes
+        for k in range(1, len(rs) + 1):
+            while c < len(changes) and changes[c][0] <= k:
+                if c not in hvs:
+                    hvs[c] = hypervolume([points[i] for i in changes[c][1]], objectives, ref)
+                value = hvs[c]
+                c += 1
+            series.append((k, value))
         out[method] = series
     return out
 
 
-def hypervolume_figure(runs: list[RunRecord], objectives: dict[str, str]) -> go.Figure:
+def hypervolume_figure(runs: list[RunRecord], objectives: dict[str, str], *,
+                       memo: dict | None = None) -> go.Figure:
     """Hypervolume by finished trial, with size-like objectives on a log10 axis (a front of
     bytes on a linear axis is dominated by its largest files)."""
-    hist = hypervolume_history(runs, objectives)
+    hist = hypervolume_history(runs, objectives, memo=memo)
     if not hist:
         return empty_figure("no finished run yet")
     logs = log_objectives(objectives)

@@ -130,3 +130,86 @@ def log_hypervolume(points: list[dict], objectives: dict[str, str],
     if not pts:
         return 0.0
     return hypervolume(pts, objectives, log_reference or log_reference_point(pts, objectives))
+
+
+# ------------------------------------------------------------------ incremental fronts
+
+
+def _dominated_by_any(front: np.ndarray, loss: np.ndarray) -> bool:
+    """Whether a row of ``front`` (k, d losses) dominates ``loss`` (d,)."""
+    if not len(front):
+        return False
+    le = np.all(front <= loss, axis=1)
+    return bool(np.any(le & np.any(front < loss, axis=1)))
+
+
+class IncrementalFront:
+    """The non-dominated keys of a set of points that mostly grows.
+
+    ``update(points, revs)`` takes every point (key -> metric dict) with a revision per key
+    (:attr:`explorer.runs.RunRecord.rev`); when the previous call's keys are all still there
+    with the same revisions, only the new points are merged into the kept front (the front of a
+    superset is the front of the old front plus the new points); otherwise the front is
+    computed again. ``as_searched`` as in :func:`nondominated`.
+    """
+
+    def __init__(self, objectives: dict[str, str], *, as_searched: bool = True):
+        self.objectives = dict(objectives)
+        self.as_searched = as_searched
+        self._revs: dict = {}
+        self._front: list = []
+        self.merged = 0
+        """How many updates merged instead of recomputing (for tests and benchmarks)."""
+
+    def update(self, points: dict, revs: dict) -> list:
+        """The keys of the non-dominated points, in the order of ``points``."""
+        grows = all(revs.get(k) == r for k, r in self._revs.items())
+        if grows and self._revs:
+            added = [k for k in points if k not in self._revs]
+            if added:
+                cand = [k for k in self._front] + added
+                idx = nondominated([points[k] for k in cand], self.objectives,
+                                   as_searched=self.as_searched)
+                keep = {cand[i] for i in idx}
+                self._front = [k for k in points if k in keep]
+            self.merged += 1
+        else:
+            keys = list(points)
+            idx = nondominated([points[k] for k in keys], self.objectives,
+                               as_searched=self.as_searched)
+            self._front = [keys[i] for i in idx]
+        self._revs = {k: revs.get(k) for k in points}
+        return list(self._front)
+
+
+class FrontHistory:
+    """The front of the first ``k`` points, for every ``k``, of points that arrive in order.
+
+    Only the arrivals that change the front are kept (a dominated arrival changes nothing), so
+    the history of 10,000 runs is a few hundred fronts; :meth:`extend` adds arrivals in
+    O(front size) each. Points are metric dicts read as searched (:func:`search_metric`).
+    """
+
+    def __init__(self, objectives: dict[str, str]):
+        self.objectives = dict(objectives)
+        self.keys: list = []
+        self.changes: list[tuple[int, list]] = []
+        """(number of points so far, front keys after that point) at each change."""
+        self._front_keys: list = []
+        self._front = np.zeros((0, len(objectives)))
+
+    def extend(self, keys: list, points: list[dict]) -> None:
+        if not points:
+            return
+        losses = _losses(points, self.objectives)
+        for key, loss in zip(keys, losses, strict=True):
+            self.keys.append(key)
+            if _dominated_by_any(self._front, loss):
+                continue
+            front = self._front
+            keep = ~(np.all(loss <= front, axis=1) & np.any(loss < front, axis=1)) if len(
+                front) else np.zeros(0, dtype=bool)
+            self._front_keys = [k for k, m in zip(self._front_keys, keep, strict=True) if m]
+            self._front_keys.append(key)
+            self._front = np.vstack([front[keep], loss[None, :]])
+            self.changes.append((len(self.keys), list(self._front_keys)))

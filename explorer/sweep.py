@@ -166,19 +166,21 @@ def fronts(uri: str, experiment_id: str, sweep: str, objectives: dict) -> dict:
         reference_point,
         to_log,
     )
+    from .runs import cache_for
 
-    runs = [r for r in tracking.child_runs(uri, experiment_id, sweep, status="FINISHED")
-            if all(search_metric(o) in r.data.metrics for o in objectives)]
-    ref = reference_point([r.data.metrics for r in runs], objectives) if runs else None
-    log_pts, log_excluded = to_log([r.data.metrics for r in runs], objectives)
+    cache = cache_for(uri, experiment_id)  # the loader the dashboard uses (one full read here)
+    cache.refresh()
+    runs = [r for r in cache.records() if r.sweep == sweep and r.status == "FINISHED"
+            and all(search_metric(o) in r.metrics for o in objectives)]
+    ref = reference_point([r.metrics for r in runs], objectives) if runs else None
+    log_pts, log_excluded = to_log([r.metrics for r in runs], objectives)
     log_ref = log_reference_point(log_pts, objectives) if log_pts else None
 
     def front_of(rs):
-        points = [r.data.metrics for r in rs]
+        points = [r.metrics for r in rs]
         idx = nondominated(points, objectives)
-        rows = [{"run_id": rs[i].info.run_id, "run_name": rs[i].info.run_name,
-                 "method": rs[i].data.tags.get(tracking.TAG_METHOD, ""),
-                 "params": dict(rs[i].data.params), "metrics": dict(rs[i].data.metrics)}
+        rows = [{"run_id": rs[i].run_id, "run_name": rs[i].name, "method": rs[i].method,
+                 "params": dict(rs[i].params), "metrics": dict(rs[i].metrics)}
                 for i in idx]
         rows.sort(key=lambda r: [r["metrics"][search_metric(o)] * (-1 if d == "max" else 1)
                                  for o, d in objectives.items()])
@@ -189,12 +191,12 @@ def fronts(uri: str, experiment_id: str, sweep: str, objectives: dict) -> dict:
 
     front, hv, lhv = front_of(runs)
     per = {}
-    for m in sorted({r.data.tags.get(tracking.TAG_METHOD, "") for r in runs}):
-        mine = [r for r in runs if r.data.tags.get(tracking.TAG_METHOD) == m]
+    for m in sorted({r.method for r in runs}):
+        mine = [r for r in runs if r.method == m]
         rows, mhv, mlhv = front_of(mine)
         per[m] = {"front": rows, "hypervolume": mhv, "finished": len(mine),
                   "log_hypervolume": mlhv, "log_reference": log_ref,
-                  "log_excluded": to_log([r.data.metrics for r in mine], objectives)[1]}
+                  "log_excluded": to_log([r.metrics for r in mine], objectives)[1]}
     return {"front": front, "hypervolume": hv, "methods": per, "reference": ref,
             "log_hypervolume": lhv, "log_reference": log_ref,
             "log_objectives": log_objectives(objectives), "log_excluded": log_excluded}

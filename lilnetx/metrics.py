@@ -51,7 +51,7 @@ def format_value(unit: str, value: float | None) -> str:
                 return f"{v / scale:.1f} {suffix}"
         return f"{v:.0f} B"
     if unit == "ratio":
-        return f"{v:.0f}x" if abs(v) >= 10 else f"{v:.2g}x"
+        return f"{v:.0f}x" if abs(v) >= 10 else f"{v:.1f}x"
     if unit in ("macs", "count", "bits"):
         tail = {"macs": "", "count": "", "bits": " bit"}[unit]
         for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
@@ -61,6 +61,39 @@ def format_value(unit: str, value: float | None) -> str:
     if unit == "ms":
         return f"{v:.3g} ms"
     return f"{v:.4g}"
+
+
+def format_param(value) -> str:
+    """A hyperparameter in short notation: ``1e-4``, ``3.2e-5``, ``0.02``, ``128``, ``lenet5``
+    (floats to 2 significant digits in scientific form outside [1e-3, 1e4), 3 inside)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        text = str(value)
+        return text if len(text) <= 40 else text[:39] + "\u2026"
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0 or 1e-3 <= abs(value) < 1e4:
+        return f"{value:.3g}"
+    mant, exp = f"{value:.1e}".split("e")
+    mant = mant.rstrip("0").rstrip(".")
+    return f"{mant}e{int(exp)}"
+
+
+def format_size(size_bytes: float | None, dense_bytes: float | None = None) -> str:
+    """A file size with its compression ratio: ``5.0 KB, 49x smaller`` (just ``5.0 KB``
+    without a positive dense size)."""
+    text = format_value("bytes", size_bytes)
+    if (isinstance(dense_bytes, int | float) and isinstance(size_bytes, int | float)
+            and size_bytes > 0 and math.isfinite(dense_bytes) and dense_bytes > 0):
+        text += f", {format_value('ratio', dense_bytes / size_bytes)} smaller"
+    return text
+
+
+def format_metric(name: str, value: float | None) -> str:
+    """``value`` of metric ``name`` in its registered unit (4 significant digits when the
+    registry does not know the metric)."""
+    return format_value(METRICS.get(name).unit if name in METRICS else "", value)
 
 
 METRICS: Registry[Metric] = Registry("metric", "lilnetx.metrics")

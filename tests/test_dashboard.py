@@ -337,15 +337,16 @@ def test_load_empty_experiment_has_no_runs(sweep, empty_experiment):
 
 
 def refresh_args(exp_name=EXPERIMENT, sweep="all", x="size_bytes", y="accuracy", color="",
-                 third="", selected=None, methods=None, method_opts=None):
-    return (None, exp_name, sweep, methods or [], x, y, color, third, selected, method_opts)
+                 third="", selected=None, methods=None, method_opts=None, rendered=None):
+    return (None, exp_name, sweep, methods or [], x, y, color, third, selected, method_opts,
+            rendered)
 
 
 @real
 def test_refresh_real_experiment(sweep, exp, callbacks):
     refresh = callbacks["refresh"]
     out = refresh(*refresh_args(x="latency_ms", y="val_accuracy", color="lambda_rate"))
-    pareto, parcoords, hv, status, summary, sweeps, mopts, mvals, copts = out
+    pareto, parcoords, hv, status, summary, sweeps, mopts, mvals, copts, rendered = out
     assert status == "" and summary == "5 runs: 4 finished, 0 running, 1 failed"
     assert [o["value"] for o in sweeps] == ["all", sweep.sweep, sweep.failed_sweep]
     assert mopts == [{"label": "lilnetx", "value": "lilnetx"}] and mvals == ["lilnetx"]
@@ -369,6 +370,26 @@ def test_refresh_real_experiment(sweep, exp, callbacks):
     out = refresh(*refresh_args(sweep=sweep.failed_sweep))
     assert out[4] == "1 runs: 0 finished, 0 running, 1 failed"
     assert "no run has" in out[0].layout.annotations[0].text
+
+
+@real
+def test_refresh_rebuilds_only_what_changed(sweep, exp, callbacks):
+    from dash import no_update
+    from dash.exceptions import PreventUpdate
+
+    refresh = callbacks["refresh"]
+    args = {"x": "size_bytes", "y": "val_accuracy", "methods": ["lilnetx"],
+            "method_opts": [{"label": "lilnetx", "value": "lilnetx"}]}
+    first = refresh(*refresh_args(**args))
+    assert all(f is not no_update for f in first[:3])
+    # the next poll with nothing new: the callback stops before building anything
+    with pytest.raises(PreventUpdate):
+        refresh(*refresh_args(**args, rendered=first[-1]))
+    # a selection redraws the Pareto view only; the other figures stay as drawn
+    done = [r for r in exp.runs if r.status == "FINISHED"]
+    out = refresh(*refresh_args(**args, selected=done[0].run_id, rendered=first[-1]))
+    assert out[0] is not no_update and out[1] is no_update and out[2] is no_update
+    assert len(traces(out[0], "selected")) == 1
 
 
 @real

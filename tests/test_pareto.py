@@ -355,3 +355,57 @@ def test_log_hypervolume_excludes_non_positive_values():
     assert log_hypervolume(bad, obj) == 0.0 and log_hypervolume([], obj) == 0.0
     # accuracy is not transformed: a zero accuracy is kept
     assert to_log([{"val_accuracy": 0.0, "size_bytes": 1.0}], obj)[1] == 0
+
+
+# ---------------------------------------------------------------- incremental fronts
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVE_SETS))
+def test_incremental_front_equals_recomputed(name):
+    from explorer.pareto import IncrementalFront
+
+    objectives = OBJECTIVE_SETS[name]
+    rng = np.random.default_rng(7)
+    pts = random_points(rng, 300, objectives, levels=6)  # with duplicates: ties
+    n = len(pts)
+    inc = IncrementalFront(objectives)
+    revs, points = {}, {}
+    for start in range(0, n, 37):  # the set grows in batches
+        for i in range(start, min(start + 37, n)):
+            points[i], revs[i] = pts[i], 0
+        got = inc.update(dict(points), dict(revs))
+        want = nondominated([points[k] for k in points], objectives)
+        assert got == [list(points)[i] for i in want]
+    assert inc.merged >= 7
+    # a changed point (new revision) is not a pure addition: computed again, still right
+    points[0] = pts[1]
+    revs[0] = 1
+    merged = inc.merged
+    got = inc.update(dict(points), dict(revs))
+    assert inc.merged == merged
+    assert got == [list(points)[i] for i in nondominated(list(points.values()), objectives)]
+    # a removed point: computed again
+    del points[5], revs[5]
+    got = inc.update(dict(points), dict(revs))
+    assert got == [list(points)[i] for i in nondominated(list(points.values()), objectives)]
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVE_SETS))
+def test_front_history_is_the_front_of_every_prefix(name):
+    from explorer.pareto import FrontHistory
+
+    objectives = OBJECTIVE_SETS[name]
+    rng = np.random.default_rng(11)
+    pts = random_points(rng, 120, objectives, levels=5)  # with duplicates: ties
+    n = len(pts)
+    hist = FrontHistory(objectives)
+    hist.extend(list(range(60)), pts[:60])
+    hist.extend(list(range(60, n)), pts[60:])  # in two parts: the same as in one
+    changes = dict(hist.changes)
+    assert len(changes) < n
+    front = []
+    for k in range(1, n + 1):
+        if k in changes:
+            front = changes[k]
+        want = nondominated(pts[:k], objectives)
+        assert sorted(front) == want, k
