@@ -455,7 +455,6 @@ def front_table(rows: list[dict], objectives: dict, title: str, sweep: str = "")
 
 def _print_front(rows: list[dict], objectives: dict, title: str, sweep: str = "") -> None:
     from rich.console import Console
-
     from rich.markup import escape
 
     console = Console()
