@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 
 from dash import Dash, Input, Output, State, dash_table, dcc, html, no_update
 from dash.exceptions import PreventUpdate
@@ -166,9 +167,30 @@ def _details(uri: str, cache: ArtifactCache, run_id: str):
     return parts
 
 
-def create_app(tracking_uri: str | None = None, experiment: str | None = None) -> Dash:
-    """The Dash app on ``tracking_uri`` (default: the project's default store)."""
+def preload(uri: str, experiment: str | None) -> threading.Thread:
+    """Read the runs of ``experiment`` (default: the newest) in a thread, so the first page
+    load finds them in memory (a full read of 10,000 runs from sqlite takes seconds)."""
+
+    def work():
+        try:
+            names = [experiment] if experiment else list_experiments(uri)[-1:]
+            for name in names:
+                load_experiment(uri, name)
+        except DashboardDataError:
+            pass  # the page says what is wrong when it asks
+
+    t = threading.Thread(target=work, daemon=True, name="lilnetx-preload")
+    t.start()
+    return t
+
+
+def create_app(tracking_uri: str | None = None, experiment: str | None = None, *,
+               preload_runs: bool = False) -> Dash:
+    """The Dash app on ``tracking_uri`` (default: the project's default store);
+    ``preload_runs``: start reading the runs now (:func:`preload`)."""
     uri = tracking.resolve_tracking_uri(tracking_uri)
+    if preload_runs:
+        preload(uri, experiment)
     app = Dash(__name__, title="LilNetX explorer", suppress_callback_exceptions=True)
     cache = ArtifactCache(uri)
     app.layout = lambda: layout(uri, experiment)
@@ -202,7 +224,7 @@ def create_app(tracking_uri: str | None = None, experiment: str | None = None) -
             return (empty(msg), empty(msg), empty(msg), msg, "", no_update, [], [], no_update,
                     None)
         try:
-            exp = load_experiment(uri, exp_name)
+            exp = load_experiment(uri, exp_name, background=True)
         except DashboardDataError as e:
             return (empty(str(e)), empty(str(e)), empty(str(e)), str(e), "", no_update,
                     no_update, no_update, no_update, None)
@@ -299,5 +321,5 @@ def create_app(tracking_uri: str | None = None, experiment: str | None = None) -
 def serve(tracking_uri: str | None = None, experiment: str | None = None,
           host: str = "127.0.0.1", port: int = 8050) -> None:
     """Run the app with Dash's server (bound to loopback unless told otherwise)."""
-    app = create_app(tracking_uri, experiment)
+    app = create_app(tracking_uri, experiment, preload_runs=True)
     app.run(host=host, port=port, debug=False)

@@ -73,12 +73,14 @@ def experiment_cache(uri: str, name: str) -> RunCache:
     return cache_for(uri, _IDS[key])
 
 
-def load_experiment(uri: str, name: str, *, full: bool = False) -> Experiment:
+def load_experiment(uri: str, name: str, *, full: bool = False,
+                    background: bool = False) -> Experiment:
     """All trial runs of experiment ``name`` (every sweep), oldest first, brought up to date
-    incrementally (:meth:`explorer.runs.RunCache.refresh`; ``full``: read everything again)."""
+    incrementally (:meth:`explorer.runs.RunCache.refresh`; ``full``: read everything again;
+    ``background``: the periodic full read in a thread)."""
     cache = experiment_cache(uri, name)
     try:
-        cache.reload() if full else cache.refresh()
+        cache.reload() if full else cache.refresh(background=background)
     except Exception as e:
         raise DashboardDataError(f"tracking server {uri} is unreachable: {e}") from None
     return Experiment(name, cache.experiment_id, cache.records(), cache.sweeps,

@@ -113,7 +113,9 @@ class RunCache:
     _watermark: int = 0
     _loaded_at: float = 0.0
     _sorted: tuple = (-1, [])
+    _reloading: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _reload_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ------------------------------------------------------------------ reading
     def _search(self, filt: str, stats: RefreshStats) -> list:
@@ -155,39 +157,66 @@ class RunCache:
         self._watermark = max(self._watermark, min(seen, poll_ms) if seen else 0)
 
     def reload(self) -> RefreshStats:
-        """Read every trial run and the sweep parents again."""
+        """Read every trial run and the sweep parents again. The store is read without holding
+        the cache's lock, so refreshes may run meanwhile: a record they changed after the read
+        began is kept over the (older) one read here."""
+        with self._reload_lock:  # one full read at a time; a second caller waits for it
+            return self._reload()
+
+    def _reload(self) -> RefreshStats:
+        t0 = time.perf_counter()
+        stats = RefreshStats(full=True)
+        poll_ms = int(time.time() * 1000)
         with self._lock:
-            t0 = time.perf_counter()
-            stats = RefreshStats(full=True)
-            poll_ms = int(time.time() * 1000)
+            began = self.version
+        snapshot = self._search(f"tags.`{tracking.TAG_ROLE}` = 'trial'", stats)
+        with self._lock:
             rev = self.version + 1
-            new = {r.info.run_id: record(r, rev) for r in
-                   self._search(f"tags.`{tracking.TAG_ROLE}` = 'trial'", stats)}
-            changed = False
-            for rid, rec in new.items():
-                old = self.runs.get(rid)
-                if old is not None and _same(old, rec):
-                    new[rid] = old
+            new: dict[str, RunRecord] = {}
+            for r in snapshot:
+                rec, old = record(r, rev), self.runs.get(r.info.run_id)
+                if old is not None and (old.rev > began or _same(old, rec)):
+                    new[rec.run_id] = old
                 else:
-                    changed = True
+                    new[rec.run_id] = rec
+            for rid, old in self.runs.items():  # created by a refresh while this read ran
+                if rid not in new and old.rev > began:
+                    new[rid] = old
             stats.removed = len(set(self.runs) - set(new))
             stats.changed = sum(new[k] is not self.runs.get(k) for k in new)
-            if changed or stats.removed or not self._loaded_at:
+            if stats.changed or stats.removed or not self._loaded_at:
                 self.version = rev
             self.runs = new
             self._read_parents(stats)
-            self._watermark = 0
             self._mark([r.end_time for r in new.values()], poll_ms)
             self._loaded_at = time.monotonic()
             stats.seconds = time.perf_counter() - t0
             self.last = stats
             return stats
 
-    def refresh(self) -> RefreshStats:
-        """Bring the runs up to date with two or three queries (a full read the first time and
-        every :data:`FULL_RELOAD_S` s)."""
-        if not self._loaded_at or time.monotonic() - self._loaded_at > FULL_RELOAD_S:
-            return self.reload()
+    def _reload_quietly(self) -> None:
+        try:
+            self.reload()
+        except Exception:  # the next poll reports a store that is down
+            self._loaded_at = time.monotonic()
+        finally:
+            self._reloading = False
+
+    def refresh(self, *, background: bool = False) -> RefreshStats:
+        """Bring the runs up to date with two or three queries; a full read the first time, and
+        again every :data:`FULL_RELOAD_S` s (``background``: in a thread, while this call and
+        later ones stay incremental, so a page never waits for it)."""
+        if not self._loaded_at:
+            with self._reload_lock:
+                if not self._loaded_at:  # not read by another caller meanwhile
+                    return self._reload()
+        if time.monotonic() - self._loaded_at > FULL_RELOAD_S:
+            if not background:
+                return self.reload()
+            if not self._reloading:
+                self._reloading = True
+                threading.Thread(target=self._reload_quietly, daemon=True,
+                                 name="lilnetx-run-reload").start()
         with self._lock:
             t0 = time.perf_counter()
             stats = RefreshStats()
@@ -235,10 +264,11 @@ class RunCache:
     def records(self) -> list[RunRecord]:
         """The runs, oldest first (by start time, then trial number); a new list, sorted once
         per :attr:`version`."""
-        if self._sorted[0] != self.version or len(self._sorted[1]) != len(self.runs):
-            self._sorted = (self.version, sorted(self.runs.values(),
-                                                 key=lambda r: (r.start_time, r.trial)))
-        return list(self._sorted[1])
+        with self._lock:
+            if self._sorted[0] != self.version or len(self._sorted[1]) != len(self.runs):
+                self._sorted = (self.version, sorted(self.runs.values(),
+                                                     key=lambda r: (r.start_time, r.trial)))
+            return list(self._sorted[1])
 
     @property
     def sweeps(self) -> list[str]:
