@@ -8,7 +8,7 @@ import re
 import tempfile
 import threading
 
-from dash import Dash, Input, Output, State, dash_table, dcc, html, no_update
+from dash import Dash, Input, Output, State, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 from flask import abort, send_file
 
@@ -22,6 +22,7 @@ from .data import (
     load_experiment,
     objectives_of,
 )
+from .details import details_children
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 REFRESH_MS = 5000
@@ -102,69 +103,6 @@ def layout(uri: str, experiment: str | None):
         dcc.Store(id="rendered"),  # what each figure was drawn from (skip unchanged ones)
         dcc.Interval(id="refresh", interval=REFRESH_MS),
     ], style={"fontFamily": "sans-serif", "margin": "0 16px"})
-
-
-def _details(uri: str, cache: ArtifactCache, run_id: str):
-    c = tracking.client(uri)
-    run = c.get_run(run_id)
-    m, p = run.data.metrics, run.data.params
-    parts = [html.H3(run.info.run_name or run_id[:8], id="details-title"),
-             html.P(f"run {run_id} | {run.info.status} | method "
-                    f"{run.data.tags.get(tracking.TAG_METHOD, '?')}")]
-    if run.data.tags.get(tracking.TAG_ERROR):
-        parts.append(html.Pre(run.data.tags[tracking.TAG_ERROR], style={"color": "#b00"}))
-    parts.append(dash_table.DataTable(
-        id="details-metrics",
-        data=[{"key": k, "value": f"{v:.6g}"} for k, v in sorted(m.items())]
-        + [{"key": f"param {k}", "value": v} for k, v in sorted(p.items())],
-        columns=[{"name": "", "id": "key"}, {"name": "", "id": "value"}],
-        style_cell={"fontSize": "12px", "padding": "2px 6px", "textAlign": "left"},
-        page_size=40))
-    history = {}
-    for key in ("val_accuracy", "train_accuracy", "train_loss", "bits_estimate"):
-        logged = tracking.EPOCH_KEYS.get(key, key)
-        pts = [(h.step, h.value) for h in c.get_metric_history(run_id, logged) if h.step > 0]
-        if not pts and logged != key:  # a run recorded before the epoch keys were renamed
-            pts = [(h.step, h.value) for h in c.get_metric_history(run_id, key) if h.step > 0]
-        if pts:
-            history[key] = pts
-    parts += [html.H4("Training curves"), dcc.Graph(figure=figures.curves_figure(history))]
-    try:
-        import json
-
-        with open(cache.get(run_id, "layers.json")) as f:
-            layers = json.load(f)
-        rows = [{"layer": r["name"], "group": r["group"], "shape": "x".join(map(str, r["shape"])),
-                 "bits": round(r["bits"]), "slice sparsity": round(r["slice_sparsity"], 3),
-                 "channels kept": f"{r['out_channels'] - r['out_channels_zero']}/"
-                                  f"{r['out_channels']}"} for r in layers]
-        parts += [html.H4("Layers"), dash_table.DataTable(
-            id="details-layers", data=rows, columns=[{"name": k, "id": k} for k in rows[0]],
-            style_cell={"fontSize": "12px", "padding": "2px 6px"}, page_size=30)]
-    except (DashboardDataError, OSError, KeyError, IndexError, ValueError) as e:
-        parts.append(html.P(f"no per-layer table: {e}"))
-    try:
-        from lilnetx.fileformat.report import inspect
-
-        rep = inspect(cache.get(run_id, "model.lnx"))
-        parts += [html.H4(f"File: {rep['size_bytes']:,} bytes"),
-                  dcc.Graph(figure=figures.breakdown_figure(rep["breakdown"])),
-                  html.A("download model.lnx", href=f"/download/{run_id}/model.lnx",
-                         id="download-link")]
-        parts += [html.H4("Export to the model registry"), html.Div([
-            dcc.Input(id="export-name", placeholder="registered model name", type="text",
-                      debounce=False, style={"marginRight": "6px"}),
-            dcc.Input(id="export-alias", value="champion", type="text",
-                      style={"marginRight": "6px", "width": "110px"}),
-            html.Button("Export", id="export-button", n_clicks=0)]),
-            html.Div(id="export-result", style={"marginTop": "6px"})]
-    except Exception as e:  # a run without a model file, or a file that does not decode
-        parts.append(html.P(f"no model file to show or export: {e}", id="no-model"))
-        parts += [dcc.Input(id="export-name", style={"display": "none"}),
-                  dcc.Input(id="export-alias", value="champion", style={"display": "none"}),
-                  html.Button(id="export-button", n_clicks=0, style={"display": "none"}),
-                  html.Div(id="export-result")]
-    return parts
 
 
 def preload(uri: str, experiment: str | None) -> threading.Thread:
@@ -293,7 +231,7 @@ def create_app(tracking_uri: str | None = None, experiment: str | None = None, *
         if not run_id:
             return html.P("Click a point to see its run.")
         try:
-            return _details(uri, cache, run_id)
+            return details_children(uri, cache, run_id)
         except Exception as e:
             return html.P(f"cannot show run {run_id}: {e}", style={"color": "#b00"})
 

@@ -306,16 +306,19 @@ def curves_figure(history: dict[str, list[tuple[int, float]]]) -> go.Figure:
 
 
 def breakdown_figure(breakdown: dict[str, int]) -> go.Figure:
-    """Bytes per part of the .lnx file, as a horizontal bar."""
+    """Bytes per part of the .lnx file, as one stacked horizontal bar (sizes in B/KB/MB and
+    shares in the legend and hover)."""
+    from lilnetx.metrics import format_value
+
     total = sum(breakdown.values()) or 1
     fig = go.Figure()
     for i, (k, v) in enumerate(breakdown.items()):
-        fig.add_trace(go.Bar(x=[v], y=["file"], orientation="h", name=f"{k} ({v:,} B)",
+        fig.add_trace(go.Bar(x=[v], y=["file"], orientation="h",
+                             name=f"{k} ({format_value('bytes', v)}, {v / total:.0%})",
                              marker_color=PALETTE[i % len(PALETTE)],
-                             hovertext=f"{k}: {v:,} bytes ({v / total:.1%})", hoverinfo="text"))
-    fig.update_layout(barmode="stack", template="plotly_white", height=160,
+                             hovertext=f"{k}: {format_value('bytes', v)} ({v:,} bytes, "
+                                       f"{v / total:.1%})", hoverinfo="text"))
+    fig.update_layout(barmode="stack", template="plotly_white", height=170,
                       margin={"l": 40, "r": 20, "t": 10, "b": 20}, xaxis_title="bytes",
                       legend={"orientation": "h", "y": -0.6})
     return fig
-
-

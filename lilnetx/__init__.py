@@ -28,7 +28,7 @@ _API = {
     "core.model": ("LilNetXModel", "convert", "decode"),
     "models": ("create_model", "model_names", "register_model"),
     "deploy.slimming": ("count_macs", "slim"),
-    "stats": ("LayerStats", "layer_stats", "summarize"),
+    "stats": ("LayerStats", "layer_kind", "layer_stats", "layer_title", "summarize"),
     "train": ("TrainConfig", "TrainingDiverged", "evaluate_accuracy", "fit", "pick_device"),
 }
 """Public names by the module that defines them. They are imported on first use (PEP 562), so

@@ -39,6 +39,25 @@ class LayerStats:
         return asdict(self)
 
 
+def layer_kind(shape: list[int], in_channels: int | None = None) -> str:
+    """What a layer is, from its weight shape (O, I/groups, kh, kw) or (O, I): ``conv5x5``,
+    ``conv3x3 dw`` (depthwise), ``conv3x3 g4`` (4 groups), ``linear``."""
+    if len(shape) == 2:
+        return "linear"
+    if len(shape) == 4:
+        kind = f"conv{shape[2]}x{shape[3]}"
+        groups = in_channels // shape[1] if in_channels and shape[1] else 1
+        if groups > 1:
+            kind += " dw" if groups == in_channels == shape[0] else f" g{groups}"
+        return kind
+    return f"{len(shape)}-d"
+
+
+def layer_title(name: str, shape: list[int], in_channels: int | None = None) -> str:
+    """A layer as a person reads it: ``features.0 conv5x5 6x1x5x5``."""
+    return f"{name} {layer_kind(shape, in_channels)} {'x'.join(map(str, shape))}"
+
+
 def _groups(layer) -> int:
     return int(getattr(layer, "groups", 1))
 

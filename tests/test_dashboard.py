@@ -436,7 +436,9 @@ def test_select_and_details(sweep, exp, callbacks):
     assert len(bars) == 1
     size = int(run.data.metrics["size_bytes"])
     assert sum(t.x[0] for t in bars[0].data) == size
-    assert f"File: {size:,} bytes" in text(parts)
+    assert f"({size:,} bytes)" in text(parts) and "smaller" in text(by_id(parts, "details-file"))
+    assert "%" in text(by_id(parts, "card-accuracy")) and "B" in text(by_id(parts, "card-size"))
+    assert [r["kind"] for r in layers.data] == ["conv5x5", "conv5x5", "linear", "linear", "linear"]
     assert by_id(parts, "export-button") is not None and by_id(parts, "no-model") is None
     # the failed run: its error and a message instead of the model file
     bad = sweep.failed[0]

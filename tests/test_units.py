@@ -54,3 +54,12 @@ def test_pareto_table_fits_80_columns():
                   "slice=3.2e-6", "lr=0.02"):
         assert piece in text, piece
     assert "\u2026" not in text and "e+" not in text
+
+
+def test_layer_kind_and_title():
+    from lilnetx.stats import layer_kind, layer_title
+
+    assert layer_title("features.0", [6, 1, 5, 5], 1) == "features.0 conv5x5 6x1x5x5"
+    assert layer_kind([32, 1, 3, 3], 32) == "conv3x3 dw"
+    assert layer_kind([64, 8, 3, 3], 32) == "conv3x3 g4"
+    assert layer_kind([10, 84]) == "linear" and layer_kind([4, 4, 1, 1]) == "conv1x1"
