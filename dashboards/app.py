@@ -23,6 +23,7 @@ from .data import (
     objectives_of,
 )
 from .details import details_children
+from .importance import ImportanceCache, importance_figure
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 REFRESH_MS = 5000
@@ -99,6 +100,13 @@ def layout(uri: str, experiment: str | None):
         dcc.Graph(id="parcoords", config={"displaylogo": False}),
         html.H4("Hypervolume by finished trial"),
         dcc.Graph(id="hv", config={"displaylogo": False}),
+        html.H4("Which hyperparameter moves which objective"),
+        html.Div([_labelled("method", _dropdown("importance-method", [], None)),
+                  html.Span("fANOVA importances (optuna.importance) of the searched "
+                            "hyperparameters, per objective of the sweep",
+                            style={"fontSize": "12px", "color": "#555"})]),
+        dcc.Graph(id="importance", config={"displaylogo": False}),
+        dcc.Store(id="importance-shown"),
         dcc.Store(id="selected-run", storage_type="session"),
         dcc.Store(id="rendered"),  # what each figure was drawn from (skip unchanged ones)
         dcc.Interval(id="refresh", interval=REFRESH_MS),
@@ -217,6 +225,39 @@ def create_app(tracking_uri: str | None = None, experiment: str | None = None, *
             runs, objectives or {x: "min", y: "max"}, memo=memo))
         return (pareto, parcoords, hv, "", summary, sweeps, new_opts, methods, color_opts,
                 keys)
+
+    importance_cache = ImportanceCache()
+
+    @app.callback(
+        Output("importance", "figure"), Output("importance-method", "options"),
+        Output("importance-method", "value"), Output("importance-shown", "data"),
+        Input("rendered", "data"), Input("refresh", "n_intervals"),
+        Input("importance-method", "value"), State("experiment", "value"),
+        State("sweep", "value"), State("importance-shown", "data"))
+    def importance(rendered, _n, method, exp_name, sweep, shown):
+        if not exp_name or not rendered:
+            raise PreventUpdate
+        try:
+            exp = load_experiment(uri, exp_name, update=False)  # the refresh callback updates
+        except DashboardDataError:
+            raise PreventUpdate from None
+        runs = exp.runs if sweep in (None, "all") else [r for r in exp.runs if r.sweep == sweep]
+        counts: dict[str, int] = {}
+        for r in runs:
+            if r.status == "FINISHED":
+                counts[r.method] = counts.get(r.method, 0) + 1
+        if not counts:
+            raise PreventUpdate
+        if method not in counts:
+            method = max(counts, key=counts.get)
+        objectives = objectives_of(exp, None if sweep in (None, "all") else sweep) or {
+            "val_accuracy": "max", "size_bytes": "min"}
+        result = importance_cache.get(runs, objectives, method)
+        key = [exp_name, sweep, method, id(result) if result is not None else None]
+        options = [{"label": f"{m} ({n} finished)", "value": m} for m, n in sorted(counts.items())]
+        if key == shown:
+            return no_update, options, method, no_update
+        return importance_figure(result, method), options, method, key
 
     @app.callback(Output("selected-run", "data"), Input("pareto", "clickData"),
                   prevent_initial_call=True)

@@ -73,14 +73,18 @@ def experiment_cache(uri: str, name: str) -> RunCache:
     return cache_for(uri, _IDS[key])
 
 
-def load_experiment(uri: str, name: str, *, full: bool = False,
-                    background: bool = False) -> Experiment:
+def load_experiment(uri: str, name: str, *, full: bool = False, background: bool = False,
+                    update: bool = True) -> Experiment:
     """All trial runs of experiment ``name`` (every sweep), oldest first, brought up to date
     incrementally (:meth:`explorer.runs.RunCache.refresh`; ``full``: read everything again;
-    ``background``: the periodic full read in a thread)."""
+    ``background``: the periodic full read in a thread; ``update=False``: as the last refresh
+    left them, no query, for a second callback of the same poll)."""
     cache = experiment_cache(uri, name)
     try:
-        cache.reload() if full else cache.refresh(background=background)
+        if full:
+            cache.reload()
+        elif update or cache.last is None:
+            cache.refresh(background=background)
     except Exception as e:
         raise DashboardDataError(f"tracking server {uri} is unreachable: {e}") from None
     return Experiment(name, cache.experiment_id, cache.records(), cache.sweeps,
