@@ -33,6 +33,46 @@ def label(name: str) -> str:
     unit = {"fraction": "", "bytes": " (bytes)", "ratio": " (x)", "bits": " (bits)",
             "macs": "", "ms": " (ms)", "count": ""}.get(m.unit, "")
     return f"{m.label}{unit}"
+
+
+def _nice_ticks(lo: float, hi: float, log: bool, target: int = 6) -> list[float]:
+    """Round tick values over [lo, hi]: 1-2-5 per decade on a log axis, steps of 1, 2 or 5
+    times a power of ten on a linear one."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo] if math.isfinite(lo) else []
+    if log and lo > 0:
+        ticks = []
+        for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+            ticks += [k * 10.0 ** e for k in (1, 2, 5)]
+        inside = [t for t in ticks if lo <= t <= hi]
+        return inside if len(inside) >= 2 else ticks
+    raw = (hi - lo) / target
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(k * mag for k in (1, 2, 5, 10) if k * mag >= raw)
+    start = math.ceil(lo / step) * step
+    return [start + i * step for i in range(int((hi - start) / step) + 1)]
+
+
+def axis_units(name: str, values: list[float], log: bool) -> dict:
+    """Plotly axis settings that label ticks in the metric's unit: B/KB/MB for bytes, % for
+    fractions, K/M/G for MACs and counts, ms, 49x. Empty for a metric the registry does not
+    know."""
+    from lilnetx.metrics import METRICS, format_value
+
+    if name not in METRICS:
+        return {}
+    unit = METRICS.get(name).unit
+    vals = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    if unit == "fraction":
+        return {"tickformat": ".0%" if not vals or max(vals) - min(vals) > 0.05 else ".1%"}
+    if unit == "ms":
+        return {"ticksuffix": " ms"}
+    if unit not in ("bytes", "macs", "count", "bits", "ratio") or not vals:
+        return {}
+    ticks = _nice_ticks(min(vals), max(vals), log)
+    return {"tickvals": ticks, "ticktext": [format_value(unit, t) for t in ticks]}
+
+
 KEY_PARAMS = ("lambda_rate", "lambda_sparsity", "lr", "lambda_l2", "epochs")
 
 
@@ -173,8 +213,10 @@ def pareto_figure(runs: list[RunRecord], x: str, y: str, *, color: str | None = 
                                              "line": {"width": 3, "color": "#ff7f0e"}}))
     axes = {}
     for key, m in (("xaxis", x), ("yaxis", y)) + ((("zaxis", z),) if z else ()):
-        axes[key] = {"title": label(m),
-                     "type": "log" if spans_decades([r.metrics[m] for r in usable]) else "linear"}
+        vals = [r.metrics[m] for r in usable]
+        log = spans_decades(vals)
+        axes[key] = {"title": label(m), "type": "log" if log else "linear",
+                     **axis_units(m, vals, log)}
     if z:
         fig.update_layout(scene=axes)
     else:
@@ -196,11 +238,17 @@ def parallel_figure(runs: list[RunRecord], params: list[str], metrics: list[str]
         if not all(isinstance(v, int | float) for v in vals):
             continue
         if spans_decades(vals):
-            dims.append({"label": f"log10 {p}", "values": [math.log10(v) for v in vals]})
+            from lilnetx.metrics import format_param
+
+            logs = [math.log10(v) for v in vals]
+            decades = list(range(math.ceil(min(logs)), math.floor(max(logs)) + 1))
+            dims.append({"label": f"log10 {p}", "values": logs, "tickvals": decades,
+                         "ticktext": [format_param(10.0 ** e) for e in decades]})
         else:
             dims.append({"label": p, "values": vals})
     for m in metrics:
-        dims.append({"label": label(m), "values": [r.metrics[m] for r in done]})
+        vals = [r.metrics[m] for r in done]
+        dims.append({"label": label(m), "values": vals, **axis_units(m, vals, False)})
     first = metrics[0]
     fig = go.Figure(go.Parcoords(
         line={"color": [r.metrics[first] for r in done], "colorscale": "Viridis",

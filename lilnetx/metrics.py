@@ -39,6 +39,11 @@ class Metric:
         return format_value(self.unit, value)
 
 
+def _scaled(v: float) -> str:
+    """A scaled value: one decimal below 100 (5.0, 23.4), none from 100 (512)."""
+    return f"{v:.1f}" if abs(v) < 100 else f"{v:.0f}"
+
+
 def format_value(unit: str, value: float | None) -> str:
     if value is None or not isinstance(value, int | float) or not math.isfinite(value):
         return "-"
@@ -48,7 +53,7 @@ def format_value(unit: str, value: float | None) -> str:
     if unit == "bytes":
         for scale, suffix in ((1e9, "GB"), (1e6, "MB"), (1e3, "KB")):
             if abs(v) >= scale:
-                return f"{v / scale:.1f} {suffix}"
+                return f"{_scaled(v / scale)} {suffix}"
         return f"{v:.0f} B"
     if unit == "ratio":
         return f"{v:.0f}x" if abs(v) >= 10 else f"{v:.1f}x"
@@ -56,7 +61,7 @@ def format_value(unit: str, value: float | None) -> str:
         tail = {"macs": "", "count": "", "bits": " bit"}[unit]
         for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
             if abs(v) >= scale:
-                return f"{v / scale:.1f} {suffix}{tail.strip()}".rstrip()
+                return f"{_scaled(v / scale)} {suffix}{tail.strip()}".rstrip()
         return f"{v:.0f}{tail}"
     if unit == "ms":
         return f"{v:.3g} ms"

@@ -152,6 +152,17 @@ def test_explorer_in_chromium(sweep, server, page):
     assert rid in front_ids
     page.wait_for_selector("#details-layers")
     assert page.locator("#export-button").is_visible()
+    # the numbers that matter first, in their units; hover text in the same units
+    run = next(r for r in sweep.finished if r.info.run_id == rid)
+    from lilnetx.metrics import format_metric
+
+    assert page.inner_text("#card-size").splitlines()[1] == format_metric(
+        "size_bytes", run.data.metrics["size_bytes"])
+    assert "smaller than fp32" in page.inner_text("#card-size")
+    assert page.inner_text("#card-accuracy").splitlines()[1].endswith("%")
+    assert " ms" in page.inner_text("#card-latency")
+    hover = page.evaluate(f"() => ({PLOT})().data.flatMap(t => t.hovertext || [])")
+    assert hover and all("smaller" in h and "%" in h and " ms" in h for h in hover), hover[:2]
 
     # another x axis keeps the selection (details and the ring on the new figure)
     page.click("#x-axis")
@@ -215,3 +226,111 @@ def test_download_route(sweep, server):
         assert e.code == 404
     else:
         assert body.lstrip().startswith(b"<!DOCTYPE html>")
+
+
+# ---------------------------------------------------------------- a synthetic experiment
+
+
+@pytest.fixture(scope="module")
+def synthetic_server(tmp_path_factory, subprocess_env):
+    """The dashboard over 40 synthetic runs (two methods) written with the bulk writer of the
+    benchmarks: enough finished runs for the importance panel."""
+    import random as _random
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from _mlflow_bulk import bulk_log_runs
+    from dashboard_figures import synthetic_run
+
+    from explorer import tracking
+
+    root = tmp_path_factory.mktemp("dash-synthetic")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    exp_id = tracking.ensure_experiment(uri, "synthetic")
+    c = tracking.client(uri)
+    parent = c.create_run(exp_id, run_name="syn", tags={
+        tracking.TAG_ROLE: "sweep", tracking.TAG_SWEEP: "syn",
+        tracking.TAG_OBJECTIVES: json.dumps({"accuracy": "max", "size_bytes": "min"})})
+    c.set_terminated(parent.info.run_id, "FINISHED")
+    rng, runs, t0 = _random.Random(1), [], int(time.time() * 1000) - 3_600_000
+    for i in range(40):
+        method, params, metrics, _, _ = synthetic_run(i, rng)
+        runs.append({"run_name": f"syn-t{i:03d}", "start_time": t0 + i * 1000,
+                     "end_time": t0 + i * 1000 + 500, "status": "FINISHED",
+                     "tags": {tracking.TAG_ROLE: "trial", tracking.TAG_SWEEP: "syn",
+                              tracking.TAG_METHOD: method, tracking.TAG_TRIAL: str(i),
+                              tracking.TAG_PARENT: parent.info.run_id},
+                     "params": {k: str(v) for k, v in params.items()},
+                     "metrics": {k: [(float(v), t0, 0)] for k, v in metrics.items()}})
+    bulk_log_runs(uri, exp_id, runs)
+    port = free_port()
+    log = open(root / "server.log", "w+")
+    proc = subprocess.Popen(
+        [LILNETX, "dashboard", "--tracking-uri", uri, "--experiment", "synthetic",
+         "--host", HOST, "--port", str(port)], cwd=root,
+        env={**subprocess_env, "MLFLOW_DISABLE_TELEMETRY": "true"}, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://{HOST}:{port}/"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                log.seek(0)
+                pytest.fail(f"dashboard did not start:\n{log.read()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+IMPORTANCE_SHOT = SCREENSHOT.with_name("importance.png")
+
+
+def test_units_and_importance_in_chromium(synthetic_server, page):
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(synthetic_server)
+    page.wait_for_function(f"() => {{ const g = ({PLOT})(); return g && g._fullData && "
+                           "g._fullData.length > 0; }")
+    assert page.inner_text("#summary") == "40 runs: 40 finished, 0 running, 0 failed"
+    hover = page.evaluate(f"() => ({PLOT})().data.flatMap(t => t.hovertext || [])")
+    assert len(hover) == 40
+    assert all(" KB, " in h and "x smaller" in h and "%" in h for h in hover), hover[:2]
+    assert any("lambda_rate=" in h and "e-" in h and "e+" not in h for h in hover)
+    # the importance panel fills in (computed in the server's thread): a bar per objective
+    imp = "() => document.querySelector('#importance .js-plotly-plot')"
+    page.wait_for_function(f"() => {{ const g = ({imp})(); return g && g.data && "
+                           "g.data.length === 2 && g.data[0].type === 'bar'; }",
+                           timeout=120_000)
+    bars = page.evaluate(f"() => ({imp})().data.map(t => ({{name: t.name, y: t.y, x: t.x}}))")
+    from dashboards.figures import label
+
+    # objectives as searched: accuracy on the validation split
+    assert [b["name"] for b in bars] == [label("val_accuracy"), label("size_bytes")]
+    # the synthetic size falls with lambda_rate: the most important for size among the params
+    size = dict(zip(bars[1]["y"], bars[1]["x"], strict=True))
+    assert max(size, key=size.get) == "lambda_rate", size
+    assert "lilnetx" in page.inner_text("#importance-method")
+    # the other method's importances on request
+    page.click("#importance-method")
+    page.click(".dash-dropdown-options [role=option]:has(input[value='quant'])")
+    page.wait_for_function(f"() => {{ const t = ({imp})().layout.title; "
+                           "return ((t && t.text) || '').startsWith('quant'); }",
+                           timeout=120_000)
+    assert not errors, errors
+    page.locator("#importance").scroll_into_view_if_needed()
+    page.screenshot(path=str(IMPORTANCE_SHOT), full_page=True)
+    assert 10_000 < IMPORTANCE_SHOT.stat().st_size < 2_000_000

@@ -63,3 +63,17 @@ def test_layer_kind_and_title():
     assert layer_kind([32, 1, 3, 3], 32) == "conv3x3 dw"
     assert layer_kind([64, 8, 3, 3], 32) == "conv3x3 g4"
     assert layer_kind([10, 84]) == "linear" and layer_kind([4, 4, 1, 1]) == "conv1x1"
+
+
+def test_axis_ticks_in_units():
+    pytest.importorskip("plotly")
+    from dashboards.figures import _nice_ticks, axis_units
+
+    assert _nice_ticks(1114, 23364, False) == [5000, 10000, 15000, 20000]
+    assert _nice_ticks(1114, 230000, True) == [2000, 5000, 10000, 20000, 50000, 100000, 200000]
+    ax = axis_units("size_bytes", [1114, 23364], False)
+    assert ax["ticktext"] == ["5.0 KB", "10.0 KB", "15.0 KB", "20.0 KB"]
+    assert axis_units("accuracy", [0.5, 0.9], False) == {"tickformat": ".0%"}
+    assert axis_units("latency_ms", [0.1, 0.2], False) == {"ticksuffix": " ms"}
+    assert axis_units("flops", [1e5, 3e6], True)["ticktext"][:2] == ["100 K", "200 K"]
+    assert axis_units("unknown", [1, 2], False) == {}
