@@ -7,7 +7,9 @@ asks only for what can have changed:
 
 1. the runs still ``RUNNING`` (their metrics grow as they train), one query;
 2. the runs that ended since the last poll (``attributes.end_time`` after the last poll's
-   watermark, less :data:`OVERLAP_MS` for clocks that disagree), one query;
+   watermark, less :data:`OVERLAP_MS` for clocks that disagree), one query, which leaves out
+   (``attributes.run_id NOT IN``) the runs of the overlap that are already here: a finished
+   run is not read again;
 3. the runs that were ``RUNNING`` at the last poll and are in neither answer (ended with an end
    time older than the watermark, or deleted): fetched by id, one query, only when there are
    such runs.
@@ -29,6 +31,9 @@ from . import tracking
 
 OVERLAP_MS = 30_000
 """How far before the last poll's watermark the "ended since" query starts (ms)."""
+MAX_EXCLUDED = 2000
+"""At most this many known run ids are excluded from the "ended since" query (its filter string
+grows by 35 bytes per id; runs beyond it are read again, which is only slower)."""
 FULL_RELOAD_S = 600.0
 """Seconds between full reloads of a long-lived cache (catches deleted runs)."""
 PAGE = 1000
@@ -111,6 +116,8 @@ class RunCache:
     version: int = 0
     last: RefreshStats | None = None
     _watermark: int = 0
+    _others: dict[str, int] = field(default_factory=dict)
+    """Ended runs that are not trials (sweep parents), by id: their end times."""
     _loaded_at: float = 0.0
     _sorted: tuple = (-1, [])
     _reloading: bool = False
@@ -133,8 +140,16 @@ class RunCache:
             if not token:
                 break
         stats.read += len(out)
-        # the role filter is applied here, not in the query: one join less on every poll
-        return [r for r in out if r.data.tags.get(tracking.TAG_ROLE) == "trial"]
+        # the role filter is applied here, not in the query: one join less on every poll;
+        # the ended runs of other roles (sweep parents) are remembered so that the "ended
+        # since" query leaves them out too
+        trials = []
+        for r in out:
+            if r.data.tags.get(tracking.TAG_ROLE) == "trial":
+                trials.append(r)
+            elif r.info.status != "RUNNING" and r.info.end_time:
+                self._others[r.info.run_id] = r.info.end_time
+        return trials
 
     def _read_parents(self, stats: RefreshStats) -> None:
         parents = tracking.client(self.uri).search_runs(
@@ -143,6 +158,8 @@ class RunCache:
         stats.queries += 1
         objectives = {}
         for p in parents:
+            if p.info.status != "RUNNING" and p.info.end_time:
+                self._others[p.info.run_id] = p.info.end_time
             try:
                 objectives[p.data.tags[tracking.TAG_SWEEP]] = json.loads(
                     p.data.tags.get(tracking.TAG_OBJECTIVES, "{}"))
@@ -223,8 +240,17 @@ class RunCache:
             poll_ms = int(time.time() * 1000)
             since = self._watermark - OVERLAP_MS
             running = self._search("attributes.status = 'RUNNING'", stats)
-            ended = self._search(f"attributes.end_time > {since}", stats) if since > 0 else (
-                self._search("attributes.status != 'RUNNING'", stats))
+            # runs that ended in the overlap and are already here are not read again: a
+            # finished run does not change (a full reload catches anything written later)
+            seen = [rid for rid, rec in self.runs.items()
+                    if rec.status != "RUNNING" and rec.end_time > since]
+            seen += [rid for rid, end in self._others.items() if end > since]
+            filt = (f"attributes.end_time > {since}" if since > 0
+                    else "attributes.status != 'RUNNING'")
+            if seen:
+                filt += " AND attributes.run_id NOT IN ({})".format(
+                    ", ".join(f"'{rid}'" for rid in seen[-MAX_EXCLUDED:]))
+            ended = self._search(filt, stats)
             got = {r.info.run_id: r for r in ended}
             got.update({r.info.run_id: r for r in running})
             # runs that were running and are in neither answer: ended with an older end time

@@ -125,6 +125,28 @@ def test_incremental_refresh(store, monkeypatch):
     same_as_full(cache)
 
 
+def test_finished_runs_are_not_read_again(store, monkeypatch):
+    """The overlap of the "ended since" query leaves out the runs already read: right after a
+    batch of runs, a poll with nothing new reads none of them again, on its first poll or a
+    later one, while a run that ends inside the overlap is still found."""
+    uri, exp_id = store
+    new_parent(uri, exp_id, "s1")
+    cache = runs_mod.RunCache(uri, exp_id)
+    cache.refresh()
+    batch = [new_trial(uri, exp_id, "s1", i) for i in range(6)]
+    st = cache.refresh()
+    assert st.changed == 6 and st.read == 6
+    spy = Spy(monkeypatch)
+    for _ in range(2):
+        st = cache.refresh()
+        assert (st.read, st.changed, st.queries) == (0, 0, 2)
+    assert "NOT IN" in spy.calls[-1] and all(rid in spy.calls[-1] for rid in batch)
+    late = new_trial(uri, exp_id, "s1", 7, end_time=cache._watermark - 1000)
+    st = cache.refresh()
+    assert st.read == 1 and late in cache.runs
+    same_as_full(cache)
+
+
 def test_full_reload_after_interval(store, monkeypatch):
     uri, exp_id = store
     new_parent(uri, exp_id, "s1")
