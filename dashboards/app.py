@@ -3,10 +3,12 @@ MLflow model registry. ``create_app(tracking_uri, experiment)`` builds it; ``ser
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
 import threading
+from collections import OrderedDict
 
 from dash import Dash, Input, Output, State, dcc, html, no_update
 from dash.exceptions import PreventUpdate
@@ -48,6 +50,35 @@ class ArtifactCache:
             except Exception:
                 raise DashboardDataError(f"run {run_id[:8]} has no {path} artifact") from None
         return local
+
+
+class FigureCache:
+    """Figures by what they are drawn from, shared by every page: a page opened while another
+    shows the same view gets its figures without building them. One build at a time (the
+    incremental fronts and hypervolume histories kept between refreshes are not thread-safe);
+    the ``size`` newest figures are kept."""
+
+    def __init__(self, size: int = 12):
+        self.size = size
+        self.memo: dict = {}  # incremental fronts and hypervolume histories
+        self._figs: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+        self.built = 0
+
+    def get(self, name: str, key: list, build):
+        """The figure ``name`` drawn from ``key`` (a JSON-able list); ``build(memo)`` makes it
+        when no page asked for it yet."""
+        k = json.dumps([name, key], default=str)
+        with self._lock:
+            fig = self._figs.get(k)
+            if fig is None:
+                fig = build(self.memo)
+                self.built += 1
+                self._figs[k] = fig
+                while len(self._figs) > self.size:
+                    self._figs.popitem(last=False)
+            self._figs.move_to_end(k)
+            return fig
 
 
 def _dropdown(id_, options, value, **kw):
@@ -151,7 +182,8 @@ def create_app(tracking_uri: str | None = None, experiment: str | None = None, *
             abort(404)
         return send_file(path, as_attachment=True, download_name=f"{run_id[:8]}.lnx")
 
-    memo: dict = {}  # incremental fronts and hypervolume histories, kept between refreshes
+    figs = FigureCache()
+    app.figure_cache = figs  # for tests and benchmarks
 
     @app.callback(
         Output("pareto", "figure"), Output("parcoords", "figure"), Output("hv", "figure"),
@@ -215,13 +247,15 @@ def create_app(tracking_uri: str | None = None, experiment: str | None = None, *
         keys = figure_keys(methods)
 
         def build(name, fn):
-            return no_update if rendered.get(name) == keys[name] else fn()
+            return no_update if rendered.get(name) == keys[name] else figs.get(
+                name, keys[name], fn)
 
-        pareto = build("pareto", lambda: figures.pareto_figure(
+        pareto = build("pareto", lambda memo: figures.pareto_figure(
             runs, x, y, color=color or None, z=third or None, selected=selected, memo=memo))
         metrics = list(objectives) or [y, x]
-        parcoords = build("parcoords", lambda: figures.parallel_figure(runs, params, metrics))
-        hv = build("hv", lambda: figures.hypervolume_figure(
+        parcoords = build("parcoords", lambda memo: figures.parallel_figure(runs, params,
+                                                                            metrics))
+        hv = build("hv", lambda memo: figures.hypervolume_figure(
             runs, objectives or {x: "min", y: "max"}, memo=memo))
         return (pareto, parcoords, hv, "", summary, sweeps, new_opts, methods, color_opts,
                 keys)

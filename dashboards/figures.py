@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import plotly.graph_objects as go
 
 from explorer.pareto import (
@@ -97,6 +98,12 @@ def _has(r: RunRecord, *keys: str) -> bool:
                for k in keys)
 
 
+def _values(rs: list[RunRecord], metric: str) -> np.ndarray:
+    """One metric of the runs as a float64 array (Plotly sends it base64-encoded: 8 bytes a
+    value instead of up to 18 characters)."""
+    return np.fromiter((r.metrics[metric] for r in rs), dtype=np.float64, count=len(rs))
+
+
 def _hover(r: RunRecord, metrics: tuple[str, ...]) -> str:
     """Hover text in the units people read: ``lambda_rate=1e-4``, ``88.5%``, ``5.0 KB, 49x
     smaller``, ``0.84 ms``."""
@@ -150,6 +157,18 @@ def pareto_figure(runs: list[RunRecord], x: str, y: str, *, color: str | None = 
     if not usable:
         return empty_figure("no run has " + " and ".join(dims) + " yet")
     hover_metrics = tuple(dict.fromkeys(dims + ("accuracy", "size_bytes", "latency_ms")))
+    texts = {} if memo is None else memo.setdefault(("hover", hover_metrics), {})
+
+    def hovers(rs):
+        """Hover texts, formatted once per run revision (kept in ``memo``)."""
+        out = []
+        for r in rs:
+            got = texts.get(r.run_id)
+            if got is None or got[0] != r.rev:
+                got = texts[r.run_id] = (r.rev, _hover(r, hover_metrics))
+            out.append(got[1])
+        return out
+
     fig = go.Figure()
     cvals, clog = None, False
     if color:
@@ -173,20 +192,21 @@ def pareto_figure(runs: list[RunRecord], x: str, y: str, *, color: str | None = 
             marker = {"size": size, "opacity": opacity, "symbol": symbol,
                       "line": line or {"width": 0}}
             if cvals is not None:
-                marker.update(color=[cvals[r.run_id] for r in rs], colorscale="Viridis",
+                shades = np.array([cvals[r.run_id] for r in rs], dtype=np.float64)
+                marker.update(color=shades, colorscale="Viridis",
                               cmin=min(cvals.values()), cmax=max(cvals.values()),
                               showscale=showscale,
                               colorbar={"title": (f"log10 {color}" if clog else color)})
             else:
                 marker["color"] = _base
             common = {"name": name, "mode": "markers", "marker": marker,
-                      "customdata": [[r.run_id] for r in rs],
-                      "hovertext": [_hover(r, hover_metrics) for r in rs], "hoverinfo": "text"}
+                      "customdata": np.array([[r.run_id] for r in rs], dtype=object),
+                      "hovertext": np.array(hovers(rs), dtype=object), "hoverinfo": "text"}
             if z:
-                return go.Scatter3d(x=[r.metrics[x] for r in rs], y=[r.metrics[y] for r in rs],
-                                    z=[r.metrics[z] for r in rs], **common)
+                return go.Scatter3d(x=_values(rs, x), y=_values(rs, y), z=_values(rs, z),
+                                    **common)
             kind = go.Scattergl if len(rs) > GL_POINTS else go.Scatter
-            return kind(x=[r.metrics[x] for r in rs], y=[r.metrics[y] for r in rs], **common)
+            return kind(x=_values(rs, x), y=_values(rs, y), **common)
 
         if off:
             fig.add_trace(scatter(off, f"{method}: dominated", 0.3, 8))
@@ -227,11 +247,42 @@ def pareto_figure(runs: list[RunRecord], x: str, y: str, *, color: str | None = 
     return fig
 
 
-def parallel_figure(runs: list[RunRecord], params: list[str], metrics: list[str]) -> go.Figure:
-    """Parallel coordinates from the searched hyperparameters to the objectives (finished runs)."""
+MAX_LINES = 2000
+"""Parallel coordinates draw at most this many runs (10,000 lines take seconds to draw and
+read as one blot): every run of a front, then an even, seeded sample of the others."""
+
+
+def parcoords_sample(done: list[RunRecord], metrics: list[str],
+                     max_lines: int = MAX_LINES) -> list[RunRecord]:
+    """At most ``max_lines`` of ``done``, in their order: the runs on the front of their method
+    over ``metrics``, then a seeded sample of the rest."""
+    if len(done) <= max_lines:
+        return done
+    import random
+
+    keep: set[int] = set()
+    by_method: dict[str, list[int]] = {}
+    for i, r in enumerate(done):
+        by_method.setdefault(r.method, []).append(i)
+    objectives = {m: direction(m) for m in metrics}
+    for idx in by_method.values():
+        front = nondominated([done[i].metrics for i in idx], objectives, as_searched=False)
+        keep.update(idx[j] for j in front)
+    keep = set(sorted(keep)[:max_lines])
+    rest = [i for i in range(len(done)) if i not in keep]
+    keep.update(random.Random(0).sample(rest, max(0, max_lines - len(keep))))
+    return [done[i] for i in sorted(keep)]
+
+
+def parallel_figure(runs: list[RunRecord], params: list[str], metrics: list[str], *,
+                    max_lines: int = MAX_LINES) -> go.Figure:
+    """Parallel coordinates from the searched hyperparameters to the objectives (finished runs;
+    at most ``max_lines`` of them, see :func:`parcoords_sample`, the title says how many)."""
     done = [r for r in runs if r.status == "FINISHED" and _has(r, *metrics)]
     if not done:
         return empty_figure("no finished run yet")
+    total = len(done)
+    done = parcoords_sample(done, metrics, max_lines)
     dims = []
     for p in params:
         vals = [r.params.get(p) for r in done]
@@ -255,6 +306,10 @@ def parallel_figure(runs: list[RunRecord], params: list[str], metrics: list[str]
               "showscale": True, "colorbar": {"title": first}}, dimensions=dims))
     fig.update_layout(template="plotly_white", height=380, uirevision="parcoords",
                       margin={"l": 60, "r": 60, "t": 40, "b": 20})
+    if len(done) < total:
+        fig.update_layout(title={"text": f"{len(done):,} of {total:,} finished runs: every "
+                                         "front run and a sample of the others",
+                                 "font": {"size": 12}, "x": 0.01, "y": 0.99})
     return fig
 
 
@@ -316,6 +371,16 @@ def hypervolume_history(runs: list[RunRecord], objectives: dict[str, str], *,
     return out
 
 
+def change_points(series: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """The points of a step curve where its value changes, and its last point: drawn with
+    ``line_shape="hv"`` they trace the same curve as every point (10,000 trials, a few hundred
+    changes)."""
+    out = [p for i, p in enumerate(series) if i == 0 or p[1] != series[i - 1][1]]
+    if series and out[-1] is not series[-1]:
+        out.append(series[-1])
+    return out
+
+
 def hypervolume_figure(runs: list[RunRecord], objectives: dict[str, str], *,
                        memo: dict | None = None) -> go.Figure:
     """Hypervolume by finished trial, with size-like objectives on a log10 axis (a front of
@@ -326,9 +391,12 @@ def hypervolume_figure(runs: list[RunRecord], objectives: dict[str, str], *,
     logs = log_objectives(objectives)
     fig = go.Figure()
     for mi, (method, series) in enumerate(hist.items()):
-        fig.add_trace(go.Scatter(x=[s[0] for s in series], y=[s[1] for s in series],
-                                 mode="lines+markers", name=method,
-                                 line={"color": PALETTE[mi % len(PALETTE)]}))
+        steps = change_points(series)
+        fig.add_trace(go.Scatter(x=[s[0] for s in steps], y=[s[1] for s in steps],
+                                 mode="lines+markers", name=method, line_shape="hv",
+                                 line={"color": PALETTE[mi % len(PALETTE)]},
+                                 hovertemplate="%{x} trials: %{y:.4g}<extra>" + method
+                                 + "</extra>"))
     fig.update_layout(template="plotly_white", height=320, uirevision="hv",
                       xaxis_title="finished trials",
                       yaxis_title=(f"hypervolume, log10 {'/'.join(logs)}" if logs

@@ -88,7 +88,7 @@ def traces(fig: go.Figure, suffix: str) -> list:
 
 
 def ids(trs) -> set[str]:
-    return {c[0] for t in trs for c in (t.customdata or [])}
+    return {c[0] for t in trs for c in (t.customdata if t.customdata is not None else [])}
 
 
 def walk(node):
@@ -263,6 +263,33 @@ def test_hypervolume_history_non_decreasing_per_method():
     assert figures.hypervolume_history([runs[-1]], objectives) == {}
 
 
+def test_change_points_trace_the_same_steps():
+    series = [(1, 0.5), (2, 0.5), (3, 0.7), (4, 0.7), (5, 0.7), (6, 0.9)]
+    assert figures.change_points(series) == [(1, 0.5), (3, 0.7), (6, 0.9)]
+    assert figures.change_points(series[:5]) == [(1, 0.5), (3, 0.7), (5, 0.7)]
+    assert figures.change_points([]) == []
+    # every k of the full series reads the value of the last change point at or before it
+    steps = figures.change_points(series)
+    for k, v in series:
+        assert [sv for sk, sv in steps if sk <= k][-1] == v
+
+
+def test_parallel_coordinates_sample_keeps_every_front_run():
+    runs = synthetic()
+    done = [r for r in runs if r.status == "FINISHED"]
+    metrics = ["val_accuracy", "size_bytes"]
+    few = figures.parcoords_sample(done, metrics, max_lines=len(done) - 2)
+    assert len(few) == len(done) - 2 and few == [r for r in done if r in few]  # order kept
+    for method in {r.method for r in done}:
+        mine = [r for r in done if r.method == method]
+        front = {mine[i].run_id for i in figures.front_indices(mine, tuple(metrics))}
+        assert front <= {r.run_id for r in few}
+    assert figures.parcoords_sample(done, metrics, max_lines=len(done)) == done
+    fig = figures.parallel_figure(runs, ["lr"], metrics, max_lines=len(done) - 2)
+    assert len(fig.data[0].dimensions[0]["values"]) == len(done) - 2
+    assert f"{len(done) - 2:,} of {len(done):,} finished runs" in fig.layout.title.text
+
+
 def test_parallel_and_breakdown_figures():
     runs = synthetic()
     fig = figures.parallel_figure(runs, ["lambda_rate", "lr"], ["val_accuracy", "size_bytes"])
@@ -358,8 +385,11 @@ def test_refresh_real_experiment(sweep, exp, callbacks):
     assert all(t.marker.opacity < 1 for t in traces(pareto, "dominated"))
     assert isinstance(parcoords.data[0], go.Parcoords)
     assert len(parcoords.data[0].dimensions[0]["values"]) == 4
-    hist = hv.data[0].y
-    assert len(hist) == 4 and all(b >= a for a, b in itertools.pairwise(hist))
+    # the hypervolume curve: its change points and its last point, drawn as steps
+    hist, ks = list(hv.data[0].y), list(hv.data[0].x)
+    assert hv.data[0].line.shape == "hv" and ks[0] == 1 and ks[-1] == 4
+    assert all(b > a for a, b in itertools.pairwise(ks))
+    assert all(b >= a for a, b in itertools.pairwise(hist))
     # one sweep, the selected run ringed, a 3-D view
     out = refresh(*refresh_args(sweep=sweep.sweep, selected=done[0].run_id))
     assert out[4] == "4 runs: 4 finished, 0 running, 0 failed"
@@ -390,6 +420,26 @@ def test_refresh_rebuilds_only_what_changed(sweep, exp, callbacks):
     out = refresh(*refresh_args(**args, selected=done[0].run_id, rendered=first[-1]))
     assert out[0] is not no_update and out[1] is no_update and out[2] is no_update
     assert len(traces(out[0], "selected")) == 1
+
+
+@real
+def test_pages_share_figures_and_refresh_concurrently(sweep):
+    """Pages polling at once (Dash serves each in a thread) share one build per view: the
+    incremental fronts they use are not thread-safe, and a second page of the same view gets
+    the first page's figures."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dashboards.app import create_app
+
+    app = create_app(sweep.uri, EXPERIMENT)
+    refresh = next(v["callback"].__wrapped__ for v in app.callback_map.values()
+                   if v["callback"].__wrapped__.__name__ == "refresh")
+    views = [("size_bytes", "val_accuracy"), ("latency_ms", "accuracy")] * 4
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda v: refresh(*refresh_args(x=v[0], y=v[1])), views))
+    assert app.figure_cache.built == 2 * 3  # three figures per view, built once
+    assert outs[0][0] is outs[2][0] and outs[0][0] is not outs[1][0]
+    assert all(o[3] == "" for o in outs)
 
 
 @real
