@@ -221,18 +221,21 @@ def _run(n: int, repeats: int, tmp: str) -> dict:
     f, m, _ = timed(all_figures, repeats)
     res["all_figures"] = {"first": f, "median": m}
 
-    app = create_app(uri, EXPERIMENT)
-    refresh = next(v["callback"].__wrapped__ for v in app.callback_map.values()
-                   if v["callback"].__wrapped__.__name__ == "refresh")
-
     def page_refresh():
+        # a new page of a new app (its figure cache empty): the Pareto view, then the figures
+        # `rendered` triggers
+        app = create_app(uri, EXPERIMENT)
+        fns = {v["callback"].__wrapped__.__name__: v["callback"].__wrapped__
+               for v in app.callback_map.values()}
+        refresh, overview = fns["refresh"], fns["overview"]
         out = refresh(1, EXPERIMENT, "all", ["lilnetx", "quant"], "size_bytes", "accuracy",
                       "lambda_rate", "", None,
                       [{"label": m, "value": m} for m in ("lilnetx", "quant")])
-        return out, sum(len(o.to_json()) for o in out[:3])
+        over = overview(out[-1], None)
+        return out, sum(len(o.to_json()) for o in (out[0], over[0], over[1]))
 
     f, m, (out, nbytes) = timed(page_refresh, repeats)
-    res["refresh"] = {"first": f, "median": m, "json_bytes": nbytes, "summary": out[4]}
+    res["refresh"] = {"first": f, "median": m, "json_bytes": nbytes, "summary": out[2]}
     res["load_avg"].append(os.getloadavg()[0])
     res["met"] = res["all_figures"]["median"] <= TARGET_SECONDS
     res["profile"] = profile(all_figures) if not res["met"] else ""

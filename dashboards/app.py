@@ -10,6 +10,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 
+import plotly
 from dash import Dash, Input, Output, State, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 from flask import abort, send_file
@@ -28,6 +29,8 @@ from .details import details_children
 from .importance import ImportanceCache, importance_figure
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+PLOTLY_JS = os.path.join(os.path.dirname(plotly.__file__), "package_data", "plotly.min.js")
+PLOTLY_ROUTE = f"/_lilnetx/plotly-{plotly.__version__}.min.js"
 REFRESH_MS = 5000
 
 
@@ -139,9 +142,36 @@ def layout(uri: str, experiment: str | None):
         dcc.Graph(id="importance", config={"displaylogo": False}),
         dcc.Store(id="importance-shown"),
         dcc.Store(id="selected-run", storage_type="session"),
-        dcc.Store(id="rendered"),  # what each figure was drawn from (skip unchanged ones)
+        dcc.Store(id="rendered"),  # what each figure is drawn from (skip unchanged ones)
+        dcc.Store(id="drawn"),  # what the parallel coordinates and hypervolume were drawn from
         dcc.Interval(id="refresh", interval=REFRESH_MS),
     ], style={"fontFamily": "sans-serif", "margin": "0 16px"})
+
+
+def selected_runs(exp, sweep: str | None, methods: list[str] | None) -> list:
+    """The runs of ``exp`` in ``sweep`` ("all" or None: every sweep) by one of ``methods``
+    (empty or None: every method), in the experiment's order."""
+    runs = exp.runs if sweep in (None, "all") else [r for r in exp.runs if r.sweep == sweep]
+    return [r for r in runs if r.method in methods] if methods else runs
+
+
+def varying_params(exp) -> list[str]:
+    """The numeric hyperparameters that take more than one value over the experiment's runs."""
+    values: dict[str, set] = {}
+    for r in exp.runs:
+        for k, v in r.params.items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                values.setdefault(k, set()).add(v)
+    return sorted(k for k, vs in values.items() if len(vs) > 1)
+
+
+def view_keys(exp_name: str, exp, sweep, methods, x, y, color=None, third=None,
+              selected=None) -> dict:
+    """What each figure of a view is drawn from (JSON-able): a figure whose key a page has
+    is not built again, and pages with the same key share one figure (:class:`FigureCache`)."""
+    base = [exp_name, exp.version, sweep, sorted(methods or [])]
+    return {"pareto": base + [x, y, color, third, selected], "parcoords": base + [x, y],
+            "hv": base + [x, y], "page": base}
 
 
 def preload(uri: str, experiment: str | None) -> threading.Thread:
@@ -169,6 +199,16 @@ def create_app(tracking_uri: str | None = None, experiment: str | None = None, *
     if preload_runs:
         preload(uri, experiment)
     app = Dash(__name__, title="LilNetX explorer", suppress_callback_exceptions=True)
+    # plotly.js (4.8 MB) is fetched and compiled from the start of the page (a deferred script,
+    # compiled off the main thread), not when the first graph mounts; dcc.Graph uses the
+    # window.Plotly it defines
+    app.index_string = app.index_string.replace(
+        "{%css%}", '{%css%}\n        <script defer src="' + PLOTLY_ROUTE + '"></script>')
+
+    @app.server.route(PLOTLY_ROUTE)
+    def plotly_js():
+        return send_file(PLOTLY_JS, mimetype="text/javascript", max_age=86400)
+
     cache = ArtifactCache(uri)
     app.layout = lambda: layout(uri, experiment)
 
@@ -186,8 +226,7 @@ def create_app(tracking_uri: str | None = None, experiment: str | None = None, *
     app.figure_cache = figs  # for tests and benchmarks
 
     @app.callback(
-        Output("pareto", "figure"), Output("parcoords", "figure"), Output("hv", "figure"),
-        Output("status", "children"), Output("summary", "children"),
+        Output("pareto", "figure"), Output("status", "children"), Output("summary", "children"),
         Output("sweep", "options"), Output("methods", "options"), Output("methods", "value"),
         Output("color-by", "options"), Output("rendered", "data"),
         Input("refresh", "n_intervals"), Input("experiment", "value"), Input("sweep", "value"),
@@ -196,45 +235,33 @@ def create_app(tracking_uri: str | None = None, experiment: str | None = None, *
         State("methods", "options"), State("rendered", "data"))
     def refresh(_n, exp_name, sweep, methods, x, y, color, third, selected, method_opts,
                 rendered=None):
+        """The Pareto view, the page's controls and ``rendered``: what each figure is to be
+        drawn from. The other figures follow in :func:`overview`, which ``rendered`` triggers,
+        so the Pareto view reaches the screen first."""
         empty = figures.empty_figure
         if not exp_name:
             msg = "no experiment yet: run `lilnetx sweep SPACE.yaml` first"
-            return (empty(msg), empty(msg), empty(msg), msg, "", no_update, [], [], no_update,
-                    None)
+            return empty(msg), msg, "", no_update, [], [], no_update, {"message": msg}
         try:
             exp = load_experiment(uri, exp_name, background=True)
         except DashboardDataError as e:
-            return (empty(str(e)), empty(str(e)), empty(str(e)), str(e), "", no_update,
-                    no_update, no_update, no_update, None)
+            return (empty(str(e)), str(e), "", no_update, no_update, no_update, no_update,
+                    {"message": str(e)})
         rendered = rendered or {}
-
-        def figure_keys(methods):
-            """What each figure is drawn from; a figure whose key the page has is not rebuilt."""
-            base = [exp_name, exp.version, sweep, sorted(methods or [])]
-            return {"pareto": base + [x, y, color, third, selected], "parcoords": base + [x, y],
-                    "hv": base + [x, y], "page": base}
-
-        keys = figure_keys(methods)
+        keys = view_keys(exp_name, exp, sweep, methods, x, y, color, third, selected)
         if all(rendered.get(k) == v for k, v in keys.items()):
             raise PreventUpdate  # nothing changed since this page drew: no figure rebuilt
-        runs = exp.runs if sweep in (None, "all") else [r for r in exp.runs if r.sweep == sweep]
         all_methods = sorted({r.method for r in exp.runs})
         new_opts = [{"label": m, "value": m} for m in all_methods]
         known = {o["value"] for o in (method_opts or [])}
         if set(all_methods) != known:  # new methods are shown; the user's choice is kept
             methods = sorted(set(methods or []) | (set(all_methods) - known))
-        runs = [r for r in runs if r.method in (methods or all_methods)]
-        values: dict[str, set] = {}
-        for r in exp.runs:
-            for k, v in r.params.items():
-                if isinstance(v, int | float) and not isinstance(v, bool):
-                    values.setdefault(k, set()).add(v)
-        params = sorted(k for k, vs in values.items() if len(vs) > 1)
+        runs = selected_runs(exp, sweep, methods)
+        params = varying_params(exp)
         color_opts = [{"label": "method", "value": ""}] + [{"label": k, "value": k}
                                                             for k in params]
         sweeps = [{"label": "all sweeps", "value": "all"}] + [{"label": s, "value": s}
                                                              for s in exp.sweeps]
-        objectives = objectives_of(exp, None if sweep in (None, "all") else sweep)
         done = sum(r.status == "FINISHED" for r in runs)
         failed = sum(r.status == "FAILED" for r in runs)
         running = sum(r.status == "RUNNING" for r in runs)
@@ -242,23 +269,51 @@ def create_app(tracking_uri: str | None = None, experiment: str | None = None, *
                    if runs else "")
         if not runs:
             msg = f"experiment {exp_name!r} has no runs yet"
-            return (empty(msg), empty(msg), empty(msg), msg, "", sweeps, new_opts, methods,
-                    color_opts, None)
-        keys = figure_keys(methods)
+            return (empty(msg), msg, "", sweeps, new_opts, methods, color_opts,
+                    {"message": msg})
+        keys = view_keys(exp_name, exp, sweep, methods, x, y, color, third, selected)
+        pareto = no_update if rendered.get("pareto") == keys["pareto"] else figs.get(
+            "pareto", keys["pareto"], lambda memo: figures.pareto_figure(
+                runs, x, y, color=color or None, z=third or None, selected=selected,
+                memo=memo))
+        keys["view"] = {"experiment": exp_name, "sweep": sweep, "methods": methods, "x": x,
+                        "y": y}
+        return pareto, "", summary, sweeps, new_opts, methods, color_opts, keys
 
-        def build(name, fn):
-            return no_update if rendered.get(name) == keys[name] else figs.get(
-                name, keys[name], fn)
-
-        pareto = build("pareto", lambda memo: figures.pareto_figure(
-            runs, x, y, color=color or None, z=third or None, selected=selected, memo=memo))
-        metrics = list(objectives) or [y, x]
-        parcoords = build("parcoords", lambda memo: figures.parallel_figure(runs, params,
-                                                                            metrics))
-        hv = build("hv", lambda memo: figures.hypervolume_figure(
-            runs, objectives or {x: "min", y: "max"}, memo=memo))
-        return (pareto, parcoords, hv, "", summary, sweeps, new_opts, methods, color_opts,
-                keys)
+    @app.callback(
+        Output("parcoords", "figure"), Output("hv", "figure"), Output("drawn", "data"),
+        Input("rendered", "data"), State("drawn", "data"))
+    def overview(rendered, drawn=None):
+        """Parallel coordinates and the hypervolume history of the view that :func:`refresh`
+        put in ``rendered``; ``drawn``: what they were last drawn from."""
+        if not rendered:
+            raise PreventUpdate
+        if "message" in rendered:
+            msg = rendered["message"]
+            if drawn == {"message": msg}:
+                raise PreventUpdate
+            return figures.empty_figure(msg), figures.empty_figure(msg), {"message": msg}
+        v = rendered["view"]
+        try:
+            exp = load_experiment(uri, v["experiment"], update=False)
+        except DashboardDataError as e:
+            return figures.empty_figure(str(e)), figures.empty_figure(str(e)), None
+        keys = view_keys(v["experiment"], exp, v["sweep"], v["methods"], v["x"], v["y"])
+        keys = {k: keys[k] for k in ("parcoords", "hv")}
+        drawn = drawn or {}
+        if all(drawn.get(k) == keys[k] for k in keys):
+            raise PreventUpdate
+        runs = selected_runs(exp, v["sweep"], v["methods"])
+        objectives = objectives_of(exp, None if v["sweep"] in (None, "all") else v["sweep"])
+        metrics = list(objectives) or [v["y"], v["x"]]
+        params = varying_params(exp)
+        parcoords = no_update if drawn.get("parcoords") == keys["parcoords"] else figs.get(
+            "parcoords", keys["parcoords"],
+            lambda memo: figures.parallel_figure(runs, params, metrics))
+        hv = no_update if drawn.get("hv") == keys["hv"] else figs.get(
+            "hv", keys["hv"], lambda memo: figures.hypervolume_figure(
+                runs, objectives or {v["x"]: "min", v["y"]: "max"}, memo=memo))
+        return parcoords, hv, keys
 
     importance_cache = ImportanceCache()
 

@@ -58,7 +58,7 @@ def callbacks(sweep):
     app = create_app(sweep.uri, EXPERIMENT)
     fns = {v["callback"].__wrapped__.__name__: v["callback"].__wrapped__
            for v in app.callback_map.values()}
-    assert {"refresh", "select", "details", "export"} <= set(fns)
+    assert {"refresh", "overview", "select", "details", "export"} <= set(fns)
     return fns
 
 
@@ -373,7 +373,10 @@ def refresh_args(exp_name=EXPERIMENT, sweep="all", x="size_bytes", y="accuracy",
 def test_refresh_real_experiment(sweep, exp, callbacks):
     refresh = callbacks["refresh"]
     out = refresh(*refresh_args(x="latency_ms", y="val_accuracy", color="lambda_rate"))
-    pareto, parcoords, hv, status, summary, sweeps, mopts, mvals, copts, rendered = out
+    pareto, status, summary, sweeps, mopts, mvals, copts, rendered = out
+    # the other figures follow from what the Pareto view put in `rendered`
+    parcoords, hv, drawn = callbacks["overview"](json.loads(json.dumps(rendered)), None)
+    assert drawn == {k: rendered[k] for k in ("parcoords", "hv")}
     assert status == "" and summary == "5 runs: 4 finished, 0 running, 1 failed"
     assert [o["value"] for o in sweeps] == ["all", sweep.sweep, sweep.failed_sweep]
     assert mopts == [{"label": "lilnetx", "value": "lilnetx"}] and mvals == ["lilnetx"]
@@ -392,13 +395,13 @@ def test_refresh_real_experiment(sweep, exp, callbacks):
     assert all(b >= a for a, b in itertools.pairwise(hist))
     # one sweep, the selected run ringed, a 3-D view
     out = refresh(*refresh_args(sweep=sweep.sweep, selected=done[0].run_id))
-    assert out[4] == "4 runs: 4 finished, 0 running, 0 failed"
+    assert out[2] == "4 runs: 4 finished, 0 running, 0 failed"
     assert len(traces(out[0], "selected")) == 1
     out = refresh(*refresh_args(third="latency_ms"))
     assert all(isinstance(t, go.Scatter3d) for t in out[0].data)
     # the failed sweep alone: messages, no exception
     out = refresh(*refresh_args(sweep=sweep.failed_sweep))
-    assert out[4] == "1 runs: 0 finished, 0 running, 1 failed"
+    assert out[2] == "1 runs: 0 finished, 0 running, 1 failed"
     assert "no run has" in out[0].layout.annotations[0].text
 
 
@@ -411,15 +414,25 @@ def test_refresh_rebuilds_only_what_changed(sweep, exp, callbacks):
     args = {"x": "size_bytes", "y": "val_accuracy", "methods": ["lilnetx"],
             "method_opts": [{"label": "lilnetx", "value": "lilnetx"}]}
     first = refresh(*refresh_args(**args))
-    assert all(f is not no_update for f in first[:3])
+    overview = callbacks["overview"]
+    assert first[0] is not no_update
+    parcoords, hv, drawn = overview(first[-1], None)
+    assert parcoords is not no_update and hv is not no_update
+    with pytest.raises(PreventUpdate):  # drawn already
+        overview(first[-1], drawn)
     # the next poll with nothing new: the callback stops before building anything
     with pytest.raises(PreventUpdate):
         refresh(*refresh_args(**args, rendered=first[-1]))
     # a selection redraws the Pareto view only; the other figures stay as drawn
     done = [r for r in exp.runs if r.status == "FINISHED"]
     out = refresh(*refresh_args(**args, selected=done[0].run_id, rendered=first[-1]))
-    assert out[0] is not no_update and out[1] is no_update and out[2] is no_update
-    assert len(traces(out[0], "selected")) == 1
+    assert out[0] is not no_update and len(traces(out[0], "selected")) == 1
+    with pytest.raises(PreventUpdate):  # the other figures are not drawn again
+        overview(out[-1], drawn)
+    # another axis: both redrawn
+    out = refresh(*refresh_args(**{**args, "x": "latency_ms"}, rendered=out[-1]))
+    parcoords, hv, _ = overview(out[-1], drawn)
+    assert parcoords is not no_update and hv is not no_update
 
 
 @real
@@ -432,14 +445,17 @@ def test_pages_share_figures_and_refresh_concurrently(sweep):
     from dashboards.app import create_app
 
     app = create_app(sweep.uri, EXPERIMENT)
-    refresh = next(v["callback"].__wrapped__ for v in app.callback_map.values()
-                   if v["callback"].__wrapped__.__name__ == "refresh")
+    fns = {v["callback"].__wrapped__.__name__: v["callback"].__wrapped__
+           for v in app.callback_map.values()}
+    refresh, overview = fns["refresh"], fns["overview"]
     views = [("size_bytes", "val_accuracy"), ("latency_ms", "accuracy")] * 4
     with ThreadPoolExecutor(8) as pool:
         outs = list(pool.map(lambda v: refresh(*refresh_args(x=v[0], y=v[1])), views))
+        overs = list(pool.map(lambda o: overview(o[-1], None), outs))
     assert app.figure_cache.built == 2 * 3  # three figures per view, built once
     assert outs[0][0] is outs[2][0] and outs[0][0] is not outs[1][0]
-    assert all(o[3] == "" for o in outs)
+    assert overs[0][0] is overs[2][0] and overs[0][1] is not overs[1][1]
+    assert all(o[1] == "" for o in outs)
 
 
 @real
@@ -448,17 +464,20 @@ def test_refresh_messages(sweep, callbacks, empty_experiment):
 
     refresh = callbacks["refresh"]
     out = refresh(*refresh_args(exp_name="nope"))
-    assert "'nope' does not exist" in out[3] and out[4] == ""
+    assert "'nope' does not exist" in out[1] and out[2] == ""
     assert "does not exist" in out[0].layout.annotations[0].text
+    parcoords, hv, drawn = callbacks["overview"](out[-1], None)
+    assert "does not exist" in parcoords.layout.annotations[0].text
+    assert "does not exist" in hv.layout.annotations[0].text
     out = refresh(*refresh_args(exp_name=empty_experiment))
-    assert out[3] == "experiment 'empty' has no runs yet"
+    assert out[1] == "experiment 'empty' has no runs yet"
     out = refresh(*refresh_args(exp_name=None))
-    assert "no experiment yet" in out[3]
+    assert "no experiment yet" in out[1]
     app = create_app(DOWN, "x")
     down = next(v["callback"].__wrapped__ for v in app.callback_map.values()
                 if v["callback"].__wrapped__.__name__ == "refresh")
     out = down(*refresh_args(exp_name="x"))
-    assert "unreachable" in out[3] and DOWN in out[3]
+    assert "unreachable" in out[1] and DOWN in out[1]
 
 
 @real
