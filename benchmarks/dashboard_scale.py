@@ -861,8 +861,9 @@ def markdown(res: dict, n: int, repeats: int, argv: list[str]) -> str:
             f"shows it starts at {_sec(mp['drawn'])} s and is followed by a "
             f"{bd['after'] / 1000:.2f} s main-thread task (drawing it, software WebGL). The "
             "parallel coordinates and the hypervolume figure come after it, from the "
-            "`overview` callback. plotly.js is a deferred script in the page's head (fetched "
-            "and compiled from the start of the page, not when the first graph mounts). "
+            "`overview` callback. plotly.js is preloaded from the start of the page and run "
+            "once the first callback request is out, so its compiling overlaps the server's "
+            "answer (until then `window.Plotly` is a promise that `dcc.Graph` waits on). "
             f"Page summary: \"{mp['summary']}\"."
             + (f" Page errors: {mp['errors'][:2]}." if mp["errors"] else ""))
         imp = b.get("importance_seconds")

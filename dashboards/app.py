@@ -31,6 +31,30 @@ from .importance import ImportanceCache, importance_figure
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 PLOTLY_JS = os.path.join(os.path.dirname(plotly.__file__), "package_data", "plotly.min.js")
 PLOTLY_ROUTE = f"/_lilnetx/plotly-{plotly.__version__}.min.js"
+PLOTLY_LOADER = f"""<link rel="preload" href="{PLOTLY_ROUTE}" as="script">
+<script>
+(function () {{
+  var resolve, reject, started = false;
+  window.Plotly = window.Plotly || new Promise(function (ok, fail) {{
+    resolve = ok; reject = fail;
+  }});
+  window.lilnetxLoadPlotly = function () {{
+    if (started || !resolve) {{ return; }}
+    started = true;
+    var s = document.createElement("script");
+    s.src = "{PLOTLY_ROUTE}"; s.async = true;
+    s.onload = function () {{ resolve(window.Plotly); }};
+    s.onerror = reject;
+    document.head.appendChild(s);
+  }};
+  window.addEventListener("load", function () {{
+    setTimeout(window.lilnetxLoadPlotly, 3000);
+  }});
+}})();
+</script>"""
+PLOTLY_HOOKS = {"request_pre": "function () { window.lilnetxLoadPlotly(); }"}
+"""plotly.js runs once the page's first callback request is out: its ~1 s of compiling overlaps
+the server's answer instead of delaying the request."""
 REFRESH_MS = 5000
 
 
@@ -198,12 +222,13 @@ def create_app(tracking_uri: str | None = None, experiment: str | None = None, *
     uri = tracking.resolve_tracking_uri(tracking_uri)
     if preload_runs:
         preload(uri, experiment)
-    app = Dash(__name__, title="LilNetX explorer", suppress_callback_exceptions=True)
-    # plotly.js (4.8 MB) is fetched and compiled from the start of the page (a deferred script,
-    # compiled off the main thread), not when the first graph mounts; dcc.Graph uses the
-    # window.Plotly it defines
-    app.index_string = app.index_string.replace(
-        "{%css%}", '{%css%}\n        <script defer src="' + PLOTLY_ROUTE + '"></script>')
+    app = Dash(__name__, title="LilNetX explorer", suppress_callback_exceptions=True,
+               hooks=PLOTLY_HOOKS)
+    # plotly.js (4.8 MB) is fetched from the start of the page (preloaded) and run when the
+    # first callback request is out, not when the first graph mounts. Until it has run,
+    # window.Plotly is a promise of it: dcc.Graph waits on a thenable window.Plotly instead of
+    # loading its own copy (plotly.js replaces it with itself when it runs)
+    app.index_string = app.index_string.replace("{%css%}", "{%css%}\n" + PLOTLY_LOADER)
 
     @app.server.route(PLOTLY_ROUTE)
     def plotly_js():

@@ -139,6 +139,14 @@ def test_explorer_in_chromium(sweep, server, page):
     assert page.locator("#pareto .scatterlayer .point").count() == 4
     assert page.inner_text("#summary") == "5 runs: 4 finished, 0 running, 1 failed"
     assert state["xtitle"] == label("size_bytes")
+    # the parallel coordinates and the hypervolume follow the Pareto view; plotly.js is loaded
+    # once, by the page's head (dcc.Graph found window.Plotly and did not load its own copy)
+    page.wait_for_function("() => ['parcoords', 'hv'].every(id => { const g = "
+                           "document.querySelector('#' + id + ' .js-plotly-plot'); "
+                           "return g && g.data && g.data.length > 0; })")
+    plotly_scripts = page.evaluate("() => [...document.scripts].map(s => s.src)"
+                                   ".filter(s => /plotly[^/]*\\.js/.test(s))")
+    assert len(plotly_scripts) == 1 and "/_lilnetx/plotly-" in plotly_scripts[0], plotly_scripts
 
     # click a point of the front: the details show that run
     k = next(i for i, t in enumerate(state["traces"]) if t["name"].endswith("front points"))
