@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from lilnetx.core.model import LilNetXModel, decode
-from lilnetx.errors import ConfigError
+from lilnetx.errors import ConfigError, check_positive_int
 
 
 def _output_layers(net: nn.Module, example: torch.Tensor) -> list[nn.Module]:
@@ -167,7 +167,22 @@ def dead_channels(net: nn.Module, example: torch.Tensor,
     return plans
 
 
-def slim(model: nn.Module, example_input: torch.Tensor, *, drop_dead: bool = True) -> nn.Module:
+def rounded_plan(n: int, idx: list[int], round_to: int | None) -> list[int]:
+    """The channels of a coupled group of ``n`` channels to remove, given the removable ones
+    ``idx``, so that the kept count is rounded up to a multiple of ``round_to`` and at most ``n``.
+
+    The channels put back are the removable ones of highest index: no layer reads them (their
+    reading weight slices are zero), so keeping them leaves every output unchanged.
+    """
+    if not round_to:
+        return idx
+    kept = n - len(idx)
+    target = min(n, -(-kept // round_to) * round_to)
+    return idx[:len(idx) - (target - kept)]
+
+
+def slim(model: nn.Module, example_input: torch.Tensor, *, drop_dead: bool = True,
+         round_to: int | None = None) -> nn.Module:
     """A plain dense copy of ``model`` with unread channels physically removed.
 
     Args:
@@ -175,9 +190,17 @@ def slim(model: nn.Module, example_input: torch.Tensor, *, drop_dead: bool = Tru
         example_input: a batch shaped like the network's input (N, C, H, W); used to trace.
         drop_dead: first drop the reads of dead channels (:func:`zero_dead_reads`), so that
             channels which are identically zero go too.
+        round_to: when set (a positive integer), every coupled channel group that loses channels
+            keeps a multiple of ``round_to`` of them (or all of its channels, when the rounded
+            count would exceed them): the kept count is rounded up by keeping some removable
+            (unread) channels, whose reading weights are zero, so outputs do not change. Groups
+            that lose nothing keep their width as it is. Some CPU kernels are faster on channel
+            counts that are multiples of 8; ``benchmarks/slim_speedup.py`` measures it.
 
     Returns a new network on the CPU in eval mode whose outputs equal the input network's.
     """
+    if round_to is not None:
+        check_positive_int("round_to", round_to)
     if isinstance(model, LilNetXModel):
         net = decode(model)
     elif isinstance(model, nn.Module):
@@ -191,7 +214,9 @@ def slim(model: nn.Module, example_input: torch.Tensor, *, drop_dead: bool = Tru
         zero_dead_reads(net, example, graph)
     dg = graph[0]
     for root, fn, idx in dead_channels(net, example, graph):
-        dg.get_pruning_group(root, fn, idx).prune()
+        idx = rounded_plan(dg.get_out_channels(root), idx, round_to)
+        if idx:
+            dg.get_pruning_group(root, fn, idx).prune()
     return net.eval()
 
 
