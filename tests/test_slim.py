@@ -26,7 +26,7 @@ import lilnetx
 from lilnetx import fileformat
 from lilnetx.core.latent import LatentLinear
 from lilnetx.deploy.export import example_input, export_onnx
-from lilnetx.deploy.latency import latency_ms
+from lilnetx.deploy.latency import latency_ms, onnx_latency_ms, onnx_session
 from lilnetx.deploy.slimming import count_macs, slim, zero_dead_reads
 from lilnetx.fileformat import archspec
 
@@ -425,6 +425,48 @@ def test_latency_is_positive_and_restores_the_thread_count():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(old)
+
+
+def test_onnx_latency_of_an_exported_slim_model(tmp_path):
+    build, (c, s), zeros, _ = CASES["residual"]
+    torch.manual_seed(0)
+    model = lilnetx.convert(build())
+    nonzero_latents(model)
+    for layer, channels in zeros.items():
+        zero_inputs(model, layer, channels)
+    calibrate(model, torch.randn(8, c, s, s))
+    net = slim(model, torch.randn(1, c, s, s))
+    path = tmp_path / "slim.onnx"
+    export_onnx(net, torch.randn(1, c, s, s), path)
+    for threads in (1, 2):
+        # the session the latency is measured on computes the torch network's outputs
+        sess = onnx_session(path, threads=threads)
+        x = torch.randn(5, c, s, s, generator=torch.Generator().manual_seed(threads))
+        (got,) = sess.run(None, {"input": x.numpy()})
+        with torch.no_grad():
+            np.testing.assert_allclose(got, net(x).numpy(), rtol=1e-4, atol=1e-4)
+        for batch in (1, 4):
+            ms = onnx_latency_ms(path, (c, s, s), batch=batch, threads=threads, warmup=1,
+                                 repeats=3, min_seconds=0.0)
+            assert isinstance(ms, float) and 0 < ms < 10_000
+    ms = onnx_latency_ms(path.read_bytes(), (c, s, s), warmup=1, repeats=3, min_seconds=0.0)
+    assert isinstance(ms, float) and ms > 0
+
+
+def test_onnx_latency_rejects_bad_input(tmp_path, monkeypatch):
+    path = tmp_path / "known.onnx"
+    export_onnx(_known_net(), torch.randn(1, 3, 8, 8), path)
+    with pytest.raises(lilnetx.ConfigError, match="input"):
+        onnx_latency_ms(path, (3, 9, 9), warmup=1, repeats=1, min_seconds=0.0)
+    with pytest.raises(lilnetx.ConfigError, match="threads"):
+        onnx_latency_ms(path, (3, 8, 8), threads=0)
+    with pytest.raises(lilnetx.ConfigError, match="batch"):
+        onnx_latency_ms(path, (3, 8, 8), batch=0)
+    with pytest.raises(lilnetx.ConfigError, match="ONNX"):
+        onnx_latency_ms(b"not an onnx model", (3, 8, 8))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    with pytest.raises(lilnetx.LilNetXError, match="pip install onnxruntime"):
+        onnx_latency_ms(path, (3, 8, 8))
 
 
 # ----------------------------------------------------------------------------- CLI
