@@ -87,6 +87,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     t.add_argument("--lambda-rate", type=_nonneg_float("--lambda-rate"), default=1e-4)
     t.add_argument("--lambda-sparsity", type=_nonneg_float("--lambda-sparsity"), default=1e-6)
     t.add_argument("--lambda-l2", type=_nonneg_float("--lambda-l2"), default=1e-6)
+    t.add_argument("--lambda-channel", type=_nonneg_float("--lambda-channel"), default=0.0,
+                   help="weight of the coupled-channel group prior (LilNetX models; 0: off)")
     t.add_argument("--warmup-epochs", type=_nonneg_float("--warmup-epochs"), default=None)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--rate-table", type=int, default=None,
@@ -275,7 +277,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
     cfg = lilnetx.TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, prior_lr=args.prior_lr,
         lambda_rate=args.lambda_rate, lambda_sparsity=args.lambda_sparsity,
-        lambda_l2=args.lambda_l2, warmup_epochs=args.warmup_epochs, seed=args.seed,
+        lambda_l2=args.lambda_l2, lambda_channel=args.lambda_channel,
+        warmup_epochs=args.warmup_epochs, seed=args.seed,
         device=args.device,
         **({} if args.rate_table is None else {"rate_table": args.rate_table}))
     if args.onnx and not args.out:

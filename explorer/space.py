@@ -20,7 +20,7 @@ from .pareto import search_metric
 from .safe_yaml import clip, load_file, show
 
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "prior_lr", "lambda_rate", "lambda_sparsity",
-              "lambda_l2", "warmup_epochs", "seed", "rate_table")
+              "lambda_l2", "lambda_channel", "warmup_epochs", "seed", "rate_table")
 """Hyperparameters of :class:`lilnetx.TrainConfig` a space may fix or search."""
 SPEC_KEYS = ("width", "limit", "val_fraction")
 """Hyperparameters of :class:`lilnetx.experiment.RunSpec` a space may fix or search."""
@@ -184,6 +184,11 @@ def _schema_message(e: jsonschema.ValidationError) -> str:
     if v == "anyOf":
         return (f"{show(e.instance)} is neither a number nor a distribution "
                 "({uniform|loguniform|int: [lo, hi]} or {choice: [...]})")
+    if v == "enum" and isinstance(e.instance, str) and isinstance(e.validator_value, list) and (
+            len(e.message) > 120):
+        # an unknown key or name: jsonschema's message lists the allowed ones and would be cut
+        return (f"{show(e.instance, 60)} is not allowed; allowed: "
+                f"{', '.join(map(str, e.validator_value))}")
     message = _clip_message(e)
     if v == "additionalProperties" and e.path:
         allowed = ", ".join(e.schema.get("properties", {}))
@@ -192,7 +197,9 @@ def _schema_message(e: jsonschema.ValidationError) -> str:
         return f"{message}; allowed keys: {', '.join(schema()['properties'])}"
     if v == "propertyNames":
         allowed = e.schema.get("enum") if isinstance(e.schema, dict) else None
-        return f"{message}; allowed: {', '.join(allowed)}" if allowed else message
+        # jsonschema's own message lists the allowed names too, and would be cut before them
+        return (f"{show(e.instance, 60)} is not allowed here; allowed: {', '.join(allowed)}"
+                if allowed else message)
     return message
 
 

@@ -1,6 +1,8 @@
 """Training with the LilNetX joint loss and the two-optimizer schedule (LilNetX sec. 5).
 
 ``L = CE + lambda_rate * bits / N_rows + lambda_l2 * ||W~||^2 + lambda_sparsity * sum ||slice||_2``
+``+ lambda_channel * P_channel`` (the coupled-channel prior of :mod:`lilnetx.core.channel_prior`,
+our extension, off by default).
 
 Latents, decoders, BatchNorm and biases use Adam at ``lr`` with a linear warmup from 1e-6 and a
 cosine decay to 0 (per iteration); the probability models use Adam at a constant ``prior_lr``.
@@ -59,6 +61,7 @@ class TrainConfig:
     lambda_rate: float = 1e-4
     lambda_sparsity: float = 1e-6
     lambda_l2: float = 1e-6
+    lambda_channel: float = 0.0
     warmup_epochs: float | None = None
     seed: int = 0
     device: str | None = None
@@ -67,7 +70,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         check_positive_int("epochs", self.epochs)
         check_positive_int("batch_size", self.batch_size)
-        for name in ("prior_lr", "lambda_rate", "lambda_sparsity", "lambda_l2"):
+        for name in ("prior_lr", "lambda_rate", "lambda_sparsity", "lambda_l2", "lambda_channel"):
             check_nonnegative(name, getattr(self, name))
         if self.lr is not None:
             check_nonnegative("lr", self.lr)
@@ -134,6 +137,9 @@ def joint_loss(
     if cfg.lambda_sparsity > 0:
         out["slice"] = model.slice_penalty()
         loss = loss + cfg.lambda_sparsity * out["slice"]
+    if cfg.lambda_channel > 0:
+        out["channel"] = model.channel_penalty()
+        loss = loss + cfg.lambda_channel * out["channel"]
     if cfg.lambda_l2 > 0:
         out["l2"] = model.l2_penalty()
         loss = loss + cfg.lambda_l2 * out["l2"]
@@ -225,6 +231,10 @@ def fit(
     """
     cfg.validate()
     device = pick_device(cfg.device)
+    if cfg.lambda_channel > 0 and isinstance(model, LilNetXModel) and (
+            model.channel_groups is None):
+        x0 = splits.train[0][0]  # trace the coupled channels once, on the CPU
+        model.channel_penalty(torch.as_tensor(x0).unsqueeze(0).repeat(2, *([1] * x0.dim())))
     model.to(device).train()
     torch.manual_seed(cfg.seed)  # the rate's training noise comes from the global generator
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -107,6 +107,7 @@ class LilNetXModel(nn.Module):
         self.decoders = decoders
         self.priors = priors
         self.arch: dict | None = None  # how to rebuild the network (set by lilnetx.experiment)
+        self.channel_groups = None  # coupled channels (lilnetx.core.channel_prior), built once
 
     def forward(self, *args, **kwargs):
         # every decoder quantized once per forward, not once per layer that uses it, and the
@@ -170,6 +171,24 @@ class LilNetXModel(nn.Module):
         """
         latents = [layer.latent for _, layer in self.latent_layers() if layer.latent.shape[1] > 1]
         return _SliceLasso.apply(*latents) if latents else self._zero()
+
+    def channel_penalty(self, example: torch.Tensor | None = None) -> torch.Tensor:
+        """The coupled-channel group prior (:mod:`lilnetx.core.channel_prior`; unitless): a
+        group lasso over the latents that write or read each coupled channel. The
+        channel groups are traced once, on ``example`` (a batch shaped like the input), the
+        first time; later calls reuse them."""
+        from lilnetx.core.channel_prior import build_channel_groups, channel_group_lasso
+
+        layers = dict(self.latent_layers())
+        if self.channel_groups is None:
+            if example is None:
+                raise ConfigError("channel_penalty needs an example input the first time, to "
+                                  "trace the network's coupled channels")
+            self.channel_groups = build_channel_groups(self, example)
+        dev = next(iter(layers.values())).latent.device if layers else None
+        if dev is not None and self.channel_groups.sizes.device != dev:
+            self.channel_groups = self.channel_groups.to(dev)
+        return channel_group_lasso(layers, self.channel_groups) if layers else self._zero()
 
     def l2_penalty(self) -> torch.Tensor:
         """Sum of squared latents over every latent layer (one autograd node, :class:`_SumSq`)."""

@@ -1,0 +1,130 @@
+"""The coupled-channel group prior (lilnetx.core.channel_prior): which latent entries each coupled
+channel gathers on ResNet-20 and LeNet-5 (against the weights' own layout), the value against a
+brute-force computation, its gradient, and that training with it removes whole residual channels
+that slim can drop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("torch_pruning")
+
+from lilnetx import TrainConfig, create_model  # noqa: E402
+from lilnetx.core.channel_prior import build_channel_groups, channel_group_lasso  # noqa: E402
+from lilnetx.core.model import convert  # noqa: E402
+from lilnetx.errors import ConfigError  # noqa: E402
+from lilnetx.train import joint_loss  # noqa: E402
+
+
+def resnet(width=0.5):
+    torch.manual_seed(0)
+    return convert(create_model("resnet20", in_channels=3, image_size=32, num_classes=10,
+                                width=width))
+
+
+def lenet():
+    torch.manual_seed(0)
+    return convert(create_model("lenet5", in_channels=1, image_size=28, num_classes=10))
+
+
+def brute_force(model, groups) -> torch.Tensor:
+    """The prior from the members list, slicing each layer's latent in weight layout."""
+    layers = dict(model.latent_layers())
+    terms, total = [], 0
+    for members in groups.members:
+        seen: dict[tuple[str, int], torch.Tensor] = {}
+        for name, side, idx in members:
+            layer = layers[name]
+            w = layer.latent.reshape(layer.weight_shape)
+            flat_ids = torch.arange(w.numel()).reshape(w.shape)
+            ids = flat_ids[idx] if side == "out" else flat_ids[:, idx]
+            lat = layer.latent.reshape(-1)
+            for i in ids.reshape(-1).tolist():
+                seen[(name, i)] = lat[i]
+        vals = torch.stack(list(seen.values()))
+        terms.append(math.sqrt(len(vals)) * torch.sqrt(vals.square().sum() + 1e-12))
+        total += len(vals)
+    return torch.stack(terms).sum() / total
+
+
+def test_resnet20_residual_channels_gather_every_writer_and_reader():
+    model = resnet(width=0.5)  # stages of 8, 16, 32 channels
+    g = build_channel_groups(model, torch.randn(2, 3, 32, 32))
+    convs = [n for n, _ in model.latent_layers() if n != "fc"]
+    # three residual streams (stem + 3 conv2 writers each) and one group per block's conv1
+    assert g.groups == 3 + 9
+    assert g.channels == (8 + 16 + 32) + 3 * (8 + 16 + 32)
+    assert set(g.names) == {n for n, _ in model.latent_layers()}
+    last = max(range(g.channels), key=lambda c: g.sizes[c])
+    names = {(n, s) for n, s, _ in g.members[last]}
+    assert names == {("layers.6.conv2", "out"), ("layers.6.shortcut.0", "out"),
+                     ("layers.7.conv2", "out"), ("layers.8.conv2", "out"),
+                     ("layers.7.conv1", "in"), ("layers.8.conv1", "in"), ("fc", "in")}
+    # entries: 3 conv2 outputs of 32x3x3, the 1x1 shortcut's 16, two conv1 inputs of 32x3x3,
+    # the classifier's 10 weights
+    assert int(g.sizes[last]) == 3 * 32 * 9 + 16 + 2 * 32 * 9 + 10
+    assert all(len(m) > 0 for m in g.members) and len(convs) == 21
+
+
+def test_lenet5_flatten_reader_takes_every_feature_of_a_channel():
+    model = lenet()
+    g = build_channel_groups(model, torch.randn(2, 1, 28, 28))
+    layers = dict(model.latent_layers())
+    conv2, fc1 = list(layers)[1], list(layers)[2]
+    c = next(i for i, m in enumerate(g.members) if any(n == conv2 and s == "out" for n, s, _ in m))
+    reads = [idx for n, s, idx in g.members[c] if n == fc1 and s == "in"]
+    per_channel = layers[fc1].weight_shape[1] // layers[conv2].weight_shape[0]
+    assert len(reads) == per_channel == 25  # a 5x5 map flattened into fc1's input
+    w2, w3 = layers[conv2].weight_shape, layers[fc1].weight_shape
+    assert int(g.sizes[c]) == math.prod(w2[1:]) + w3[0] * per_channel
+
+
+@pytest.mark.parametrize("make,shape", [(resnet, (2, 3, 32, 32)), (lenet, (2, 1, 28, 28))])
+def test_value_and_gradient_match_brute_force(make, shape):
+    model = make()
+    g = build_channel_groups(model, torch.randn(shape))
+    layers = dict(model.latent_layers())
+    with torch.no_grad():  # some exact zeros, as training makes them
+        first = next(iter(layers.values()))
+        first.latent[: first.latent.shape[0] // 3] = 0
+    fast = channel_group_lasso(layers, g)
+    slow = brute_force(model, g)
+    assert fast.item() == pytest.approx(slow.item(), rel=1e-5)
+    grads = torch.autograd.grad(fast, [m.latent for m in layers.values()])
+    ref = torch.autograd.grad(slow, [m.latent for m in layers.values()])
+    for a, b in zip(grads, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
+    # a channel whose entries are all zero adds ~nothing and is not pulled anywhere
+    assert all(torch.isfinite(a).all() for a in grads)
+
+
+def test_size_normalization_makes_the_value_a_latent_magnitude():
+    """Every latent equal to s gives P = |s| on any network: one lambda across networks."""
+    for model, shape in ((resnet(0.25), (2, 3, 32, 32)), (resnet(1.0), (2, 3, 32, 32)),
+                         (lenet(), (2, 1, 28, 28))):
+        g = build_channel_groups(model, torch.randn(shape))
+        with torch.no_grad():
+            for _, layer in model.latent_layers():
+                layer.latent.fill_(-2.0)
+        assert channel_group_lasso(dict(model.latent_layers()), g).item() == pytest.approx(2.0)
+
+
+def test_joint_loss_adds_the_term_only_when_asked():
+    model = lenet()
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    off = joint_loss(model, model(x), y, TrainConfig(lambda_channel=0.0))
+    assert "channel" not in off
+    with pytest.raises(ConfigError, match="example input"):
+        joint_loss(model, model(x), y, TrainConfig(lambda_channel=0.1))
+    model.channel_penalty(x[:2])
+    on = joint_loss(model, model(x), y, TrainConfig(lambda_channel=0.1))
+    assert on["channel"].item() > 0
+    assert on["loss"].item() == pytest.approx(
+        on["ce"].item() + 1e-4 * on["bits"].item() / model.n_rows()
+        + 1e-6 * on["slice"].item() + 1e-6 * on["l2"].item() + 0.1 * on["channel"].item(),
+        rel=1e-5)
+    with pytest.raises(ConfigError, match="lambda_channel"):
+        TrainConfig(lambda_channel=-1.0).validate()
