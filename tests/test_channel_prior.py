@@ -33,7 +33,7 @@ def lenet():
 def brute_force(model, groups) -> torch.Tensor:
     """The prior from the members list, slicing each layer's latent in weight layout."""
     layers = dict(model.latent_layers())
-    terms, total = [], 0
+    terms = []
     for members in groups.members:
         seen: dict[tuple[str, int], torch.Tensor] = {}
         for name, side, idx in members:
@@ -46,8 +46,7 @@ def brute_force(model, groups) -> torch.Tensor:
                 seen[(name, i)] = lat[i]
         vals = torch.stack(list(seen.values()))
         terms.append(math.sqrt(len(vals)) * torch.sqrt(vals.square().sum() + 1e-12))
-        total += len(vals)
-    return torch.stack(terms).sum() / total
+    return torch.stack(terms).sum()
 
 
 def test_resnet20_residual_channels_gather_every_writer_and_reader():
@@ -101,15 +100,25 @@ def test_value_and_gradient_match_brute_force(make, shape):
     assert all(torch.isfinite(a).all() for a in grads)
 
 
-def test_size_normalization_makes_the_value_a_latent_magnitude():
-    """Every latent equal to s gives P = |s| on any network: one lambda across networks."""
+def test_every_entry_is_pulled_alike_whatever_its_group_or_network():
+    """With every latent equal to s, the prior's gradient on an entry is sign(s) once per
+    channel it belongs to: the pull does not depend on the group's size or the network's."""
     for model, shape in ((resnet(0.25), (2, 3, 32, 32)), (resnet(1.0), (2, 3, 32, 32)),
                          (lenet(), (2, 1, 28, 28))):
         g = build_channel_groups(model, torch.randn(shape))
+        layers = dict(model.latent_layers())
         with torch.no_grad():
-            for _, layer in model.latent_layers():
+            for layer in layers.values():
                 layer.latent.fill_(-2.0)
-        assert channel_group_lasso(dict(model.latent_layers()), g).item() == pytest.approx(2.0)
+        p = channel_group_lasso(layers, g)
+        assert p.item() == pytest.approx(2.0 * sum(n ** 1.5 / n ** 0.5 for n in
+                                                   g.sizes.tolist()), rel=1e-5)
+        p.backward()
+        for n, layer in layers.items():
+            memberships = torch.zeros(layer.latent.numel())
+            if n in g.entries:
+                memberships.index_add_(0, g.entries[n], torch.ones(len(g.entries[n])))
+            torch.testing.assert_close(layer.latent.grad.reshape(-1), -memberships)
 
 
 def test_joint_loss_adds_the_term_only_when_asked():

@@ -14,17 +14,17 @@ entries of
   linear layer after a flatten reads a channel through several features, all of them taken),
 
 and penalizes their L2 norm, each channel weighted by the square root of its number of entries
-``n_c`` (the group lasso of Yuan and Lin, 2006), over the total number of entries::
+``n_c`` (the group lasso of Yuan and Lin, 2006)::
 
     P = sum over channels c of sqrt(n_c) * sqrt(sum of lat_e^2 over the entries e of c + eps)
-        / sum over channels c of n_c
 
-The ``sqrt(n_c)`` weight gives every entry about the same pull whatever the size of its group (a
-residual channel of ResNet-20's last stage gathers ~3,000 entries, a block's inner channel ~600;
-unweighted, or as a root mean square, the big coupled groups would be the last to go, which is
-the opposite of what slimming needs), and dividing by the total makes ``P`` a typical latent
-magnitude (all latents equal to ``s``: ``P = |s|``) whatever the depth and width, so one
-``lambda_channel`` means about the same on LeNet-5 and ResNet-20. An entry read and written through one channel (a depthwise conv) counts
+The ``sqrt(n_c)`` weight normalizes for group size: the pull on one entry is
+``lambda * lat_e / rms_c`` (``rms_c`` the root mean square of its channel's entries), the same
+for a residual channel of ResNet-20's last stage (~3,000 entries) as for a block's inner channel
+(~600) and the same on LeNet-5 as on ResNet-20, so one ``lambda_channel`` works across networks;
+it is the scale of the slice lasso's pull ``lambda_sparsity * lat_e / ||slice||``. Unweighted
+(or as a mean of root mean squares) the big coupled groups would be the last to go, the opposite
+of what slimming needs. An entry read and written through one channel (a depthwise conv) counts
 once; a grouped conv that is not depthwise contributes its output slices only.
 
 The index is built once per model (from the decoded network's dependency graph; needs
@@ -144,4 +144,4 @@ def channel_group_lasso(layers: dict[str, nn.Module], groups: ChannelGroups) -> 
         sums = part if sums is None else sums + part
     if sums is None:
         return torch.zeros(())
-    return (groups.sizes.sqrt() * torch.sqrt(sums + _EPS)).sum() / groups.sizes.sum()
+    return (groups.sizes.sqrt() * torch.sqrt(sums + _EPS)).sum()
