@@ -182,3 +182,32 @@ def test_quant_baseline_side_information_is_quantized_and_measured(tmp_path):
     acc = lilnetx.evaluate_accuracy(loaded, out.splits.test)
     assert acc == out.summary["accuracy"]
     assert any(isinstance(m, nn.BatchNorm2d) and is_folded(m) for m in loaded.modules())
+
+
+def test_a_dead_channel_does_not_coarsen_the_folded_batchnorm_grid():
+    """A channel whose producer's weights are all zero reads a constant: its BatchNorm's
+    running variance decays to ~0 and 1 / sqrt(var + eps) to ~316. Folded on one grid with the
+    others, it rounded every live channel's scale to 0 (a sparse ResNet-20 file at chance
+    accuracy); it is stored as scale 0 and the decoded network keeps the eval outputs."""
+    torch.manual_seed(0)
+    model = lilnetx.convert(lilnetx.create_model("resnet20", in_channels=3, image_size=16,
+                                                 num_classes=10, width=0.25)).eval()
+    conv = dict(model.latent_layers())["layers.0.conv1"]
+    bn = model.net.layers[0].bn1
+    with torch.no_grad():
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.running_mean.normal_(0, 0.1)
+        per_out = conv.latent.shape[0] // conv.weight_shape[0]
+        conv.latent[:per_out] = 0  # output channel 0 of the conv: all-zero weights
+        bn.running_var[0], bn.running_mean[0] = 1e-12, 0.0  # what training leaves behind
+        bn.running_var[1] = 2e-5  # a live channel of tiny variance: a scale ~180x the others'
+        bn.weight[1] = 1.0
+    x = torch.randn(4, 3, 16, 16)
+    plain = lilnetx.decode(model).eval()
+    with torch.no_grad():
+        ref, got = model(x), plain(x)
+    torch.testing.assert_close(got, ref, rtol=0.05, atol=0.05 * float(ref.abs().max()))
+    folded = plain.layers[0].bn1
+    assert float(folded.weight[0]) == 0.0 and float(folded.weight[1:].abs().min()) > 0
+    live = bn.weight[2:] / torch.sqrt(bn.running_var[2:] + bn.eps)  # on an 8-bit grid of them
+    assert float(((folded.weight[2:] - live) / live).abs().max()) < 2 ** -6

@@ -56,6 +56,32 @@ def quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.round(x / step) * step
 
 
+OUTLIER = 16.0
+"""A folded BatchNorm value more than this many times the median magnitude does not set the
+grid (:func:`robust_magnitude`)."""
+
+
+def robust_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """The largest ``|x|`` within :data:`OUTLIER` times the median of the non-zero ``|x|``
+    (the largest ``|x|`` itself when no value is that far out; 0 for an all-zero tensor)."""
+    mag = x.detach().abs().reshape(-1)
+    nz = mag[mag > 0]
+    if not nz.numel():
+        return mag.new_zeros(())
+    inside = nz[nz <= OUTLIER * nz.median()]
+    return inside.amax()
+
+
+def quantize_on(x: torch.Tensor, bits: int, ref: torch.Tensor) -> torch.Tensor:
+    """``x`` on the ``bits``-bit power-of-two grid of magnitude ``ref`` (a scalar tensor):
+    values beyond ``ref`` take more integer levels than ``2**(bits - 1)``; ``bits = 0`` returns
+    ``x``."""
+    if not bits:
+        return x
+    step = _steps(ref.detach().abs(), bits, x.dtype)
+    return torch.round(x / step) * step
+
+
 class _QuantSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bits):
@@ -123,6 +149,12 @@ def unit_variance(eps: float) -> float:
     raise ValueError(f"no float32 variance folds BatchNorm eps={eps}")
 
 
+DEAD_VARIANCE = 1e-4
+"""A BatchNorm channel whose running variance is at most this fraction of ``eps`` is taken to
+read a constant input (a dead channel; a live one that small would be amplified 100-fold by
+``1 / sqrt(var + eps)`` on a signal of std below 1% of ``sqrt(eps)``)."""
+
+
 def foldable(m: nn.Module) -> bool:
     """A BatchNorm whose eval forward is a per-channel affine map it can store as weight/bias."""
     return (isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) and m.affine
@@ -148,8 +180,19 @@ def fold_batchnorm(m: nn.Module, bits: int) -> None:
     inv = torch.rsqrt(m.running_var.double() + m.eps)
     a = m.weight.double() * inv
     b = m.bias.double() - m.running_mean.double() * a
-    m.weight.copy_(quantize(a.float(), bits))
-    m.bias.copy_(quantize(b.float(), bits))
+    # A channel whose input is a constant (its producer's weights all zero, as sparsity makes
+    # them) has a running variance decayed to ~0, so 1 / sqrt(var + eps) ~ 316: one such scale
+    # would set the grid of the whole tensor and round every other channel's scale to 0. Its
+    # input equals its running mean, so its output is the shift alone: stored as scale 0.
+    dead = m.running_var.double() <= DEAD_VARIANCE * m.eps
+    a = torch.where(dead, torch.zeros_like(a), a)
+    b = torch.where(dead, m.bias.double(), b)
+    # A live channel of tiny variance (a nearly dead producer) has a scale up to
+    # 1 / sqrt(eps) times the others' and would coarsen everyone's grid the same way: the grid
+    # follows the values within OUTLIER times the median, and an outlier takes more integer
+    # levels instead (the file takes integers of up to 16 bits on a grid, float32 beyond).
+    m.weight.copy_(quantize_on(a.float(), bits, robust_magnitude(a.float())))
+    m.bias.copy_(quantize_on(b.float(), bits, robust_magnitude(b.float())))
     m.running_mean.zero_()
     m.running_var.fill_(unit_variance(m.eps))
 
