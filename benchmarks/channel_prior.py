@@ -1,0 +1,335 @@
+"""Slim speedup with and without the coupled-channel group prior (issue 17).
+
+Trains ResNet-20 on Fashion-MNIST with :func:`lilnetx.run` once per ``lambda_channel`` (0: the
+model without the prior; every other hyperparameter the same, the rate weight included), two
+trainings at a time in subprocesses of one torch thread each, and writes each ``.lnx`` file. Then,
+with nothing else running, every file is reloaded (``lilnetx.load``), slimmed (``lilnetx.slim``)
+and exported to ONNX, and the dense and the slim network are timed side by side in this process:
+interleaved rounds (dense then slim, the order alternating), each pass timed on its own, medians,
+in torch eager (``torch.inference_mode()``) and in ONNX Runtime (CPU provider, intra-op threads as
+given, one inter-op thread, all graph optimizations), at batch 1 and 64 with 1 and 2 threads.
+
+Targets: among the models trained with the prior whose test accuracy is within 1 point of the
+model without it, one runs >= 2.0x faster than its dense network at batch 64 with 2 threads in
+torch and in ONNX Runtime, and its slim speedup is within 1.3x of its MAC ratio. The section also
+gives the accuracy/latency front of the sweep with and without the prior and a plot
+(docs/channel_prior.png).
+
+    python benchmarks/channel_prior.py --out docs/benchmarks.md
+    python benchmarks/channel_prior.py --quick           # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+SECTION = "channel_prior"
+PLOT = ROOT / "docs" / "channel_prior.png"
+TARGET_SPEEDUP = 2.0
+TARGET_MAC_GAP = 1.3
+TARGET_ACC_POINTS = 1.0
+FULL = {"epochs": 5, "limit": 12000, "batch_size": 128, "lr": 2e-2, "lambda_sparsity": 1e-6,
+        "lambda_rate": 1e-4, "channels": [0.0, 3e-5, 1e-4, 3e-4, 1e-3], "rounds": 15,
+        "block": 3}
+QUICK = {"epochs": 1, "limit": 600, "batch_size": 128, "lr": 2e-2, "lambda_sparsity": 1e-6,
+         "lambda_rate": 1e-4, "channels": [0.0, 1e-3], "rounds": 3, "block": 2}
+BATCHES = (1, 64)
+
+
+# ------------------------------------------------------------------------------ training
+def train_one(lam: float, settings: dict, out_dir: Path, seed: int) -> dict:
+    """One training (in a subprocess of its own): the .lnx file and its summary."""
+    from lilnetx import RunSpec, TrainConfig
+    from lilnetx.experiment import finalize, run
+
+    torch.set_num_threads(1)
+    cfg = TrainConfig(epochs=settings["epochs"], batch_size=settings["batch_size"],
+                      lr=settings["lr"], lambda_sparsity=settings["lambda_sparsity"],
+                      lambda_rate=settings["lambda_rate"], lambda_channel=lam, seed=seed,
+                      device="cpu")
+    t0 = time.perf_counter()
+    outcome = run(RunSpec(model="resnet20", dataset="fashion_mnist", limit=settings["limit"],
+                          train=cfg))
+    seconds = time.perf_counter() - t0
+    path = out_dir / f"channel-{lam:g}.lnx"
+    summary = finalize(outcome, str(path), latency=False)
+    keep = ("accuracy", "val_accuracy", "size_bytes", "slice_sparsity", "channel_sparsity",
+            "flops", "dense_flops")
+    res = {"lambda_channel": lam, "path": str(path), "train_seconds": seconds,
+           **{k: float(summary[k]) for k in keep if k in summary}}
+    (out_dir / f"channel-{lam:g}.json").write_text(json.dumps(res))
+    return res
+
+
+def train_all(settings: dict, out_dir: Path, seed: int, jobs: int) -> list[dict]:
+    todo = list(settings["channels"])
+    running: list[tuple[float, subprocess.Popen]] = []
+    done: list[dict] = []
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    while todo or running:
+        while todo and len(running) < jobs:
+            lam = todo.pop(0)
+            cmd = [sys.executable, __file__, "--train-one", str(lam), "--dir", str(out_dir),
+                   "--seed", str(seed), "--settings", json.dumps(settings)]
+            log = open(out_dir / f"channel-{lam:g}.log", "w")
+            running.append((lam, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                  env=env)))
+            print(f"[channel] training lambda_channel={lam:g}", file=sys.stderr, flush=True)
+        time.sleep(2)
+        for lam, proc in list(running):
+            if proc.poll() is None:
+                continue
+            running.remove((lam, proc))
+            if proc.returncode:
+                tail = (out_dir / f"channel-{lam:g}.log").read_text()[-2000:]
+                raise RuntimeError(f"training lambda_channel={lam:g} failed:\n{tail}")
+            done.append(json.loads((out_dir / f"channel-{lam:g}.json").read_text()))
+            print(f"[channel] done lambda_channel={lam:g}: accuracy {done[-1]['accuracy']:.4f}",
+                  file=sys.stderr, flush=True)
+    return sorted(done, key=lambda r: r["lambda_channel"])
+
+
+# ------------------------------------------------------------------------------ timing
+def interleaved(fns: dict, rounds: int, block: int, warmup: int = 3) -> dict[str, float]:
+    """Median ms per call of each function, in interleaved rounds (order alternating)."""
+    names = list(fns)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {n: [] for n in names}
+    for r in range(rounds):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fns[n]()
+                times[n].append(time.perf_counter() - t0)
+    return {n: 1000 * statistics.median(v) for n, v in times.items()}
+
+
+def measure(res: dict, settings: dict, threads_list: list[int], work: Path) -> dict:
+    import numpy as np
+
+    import lilnetx
+    from lilnetx import count_macs
+    from lilnetx.deploy.export import export_onnx
+    from lilnetx.deploy.latency import onnx_session, torch_threads
+
+    dense = lilnetx.load(res["path"]).eval()
+    example = torch.randn(2, 1, 28, 28)
+    slim = lilnetx.slim(dense, example).eval()
+    macs_d = count_macs(dense, example[:1])["flops"]
+    macs_s = count_macs(slim, example[:1])["flops"]
+    paths = {}
+    for name, net in (("dense", dense), ("slim", slim)):
+        paths[name] = work / f"{Path(res['path']).stem}-{name}.onnx"
+        export_onnx(net, example[:1], paths[name])
+    widths = [m.out_channels for n, m in slim.named_modules() if n.endswith("conv2")]
+    out = {"macs_dense": macs_d, "macs_slim": macs_s, "mac_ratio": macs_d / macs_s,
+           "conv2_widths": widths, "latency": {}}
+    for threads in threads_list:
+        sessions = {k: onnx_session(str(p), threads=threads) for k, p in paths.items()}
+        for batch in BATCHES:
+            x = torch.randn(batch, 1, 28, 28)
+            xn = x.numpy().astype(np.float32)
+            with torch_threads(threads), torch.inference_mode():
+                t = interleaved({"dense": lambda x=x: dense(x), "slim": lambda x=x: slim(x)},
+                                settings["rounds"], settings["block"])
+            feeds = {k: {s.get_inputs()[0].name: xn} for k, s in sessions.items()}
+            o = interleaved({k: (lambda s=s, f=feeds[k]: s.run(None, f))
+                             for k, s in sessions.items()},
+                            settings["rounds"], settings["block"])
+            out["latency"][f"{threads}x{batch}"] = {
+                "torch_dense": t["dense"], "torch_slim": t["slim"],
+                "torch_speedup": t["dense"] / t["slim"], "ort_dense": o["dense"],
+                "ort_slim": o["slim"], "ort_speedup": o["dense"] / o["slim"]}
+    return out
+
+
+# ------------------------------------------------------------------------------ report
+def front(rows: list[dict], key: str) -> list[dict]:
+    """Rows not dominated in (higher accuracy, lower latency ``key``)."""
+    return [r for r in rows if not any(
+        o["accuracy"] >= r["accuracy"] and o["latency"]["2x64"][key] <= r["latency"]["2x64"][key]
+        and (o["accuracy"] > r["accuracy"] or o["latency"]["2x64"][key] < r["latency"]["2x64"][key])
+        for o in rows)]
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, (key, title) in zip(axes, (("torch_slim", "torch eager"),
+                                       ("ort_slim", "ONNX Runtime")), strict=True):
+        base = rows[0]
+        ax.axvline(base["latency"]["2x64"][key.replace("slim", "dense")], color="#999", ls=":",
+                   label="dense network")
+        for group, color, label in ((False, "#1f77b4", "without the prior"),
+                                    (True, "#d62728", "with lambda_channel > 0")):
+            rs = [r for r in rows if (r["lambda_channel"] > 0) == group]
+            ax.scatter([r["latency"]["2x64"][key] for r in rs],
+                       [100 * r["accuracy"] for r in rs], color=color, label=label, zorder=3)
+            for r in rs:
+                ax.annotate(f"{r['lambda_channel']:g}", (r["latency"]["2x64"][key],
+                                                         100 * r["accuracy"]),
+                            textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_title(f"{title}, batch 64, 2 threads")
+        ax.set_xlabel("slim latency (ms)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("ResNet-20, Fashion-MNIST: accuracy vs slim latency by lambda_channel")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: list[str],
+             info: dict) -> str:
+    from _report import command_line, machine_line
+
+    base = rows[0]
+    lines = [
+        "## Coupled-channel group prior: slim speedup (`lambda_channel`)", "",
+        machine_line(), f"Load average before / after: {info['load_before']} / "
+        f"{info['load_after']}.", "", "Reproduce:", "", "```",
+        command_line("benchmarks/channel_prior.py", argv), "```", "",
+        f"ResNet-20 (width 1) on Fashion-MNIST, {settings['limit']:,} training images, "
+        f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {settings['lr']:g}, "
+        f"lambda_rate {settings['lambda_rate']:g}, lambda_sparsity "
+        f"{settings['lambda_sparsity']:g}, seed {info['seed']}, one torch thread per training "
+        f"(two at a time); one training per `lambda_channel`, everything else equal. Latency: "
+        f"{settings['rounds']} interleaved rounds x {settings['block']} passes of the dense and "
+        "the slim network (`lilnetx.load` of the file, then `lilnetx.slim`), order alternating, "
+        "medians; ONNX Runtime on the exported ONNX of each (CPU provider, intra-op threads as "
+        "given, one inter-op thread, all graph optimizations). Speedup = dense median / slim "
+        "median. MAC ratio = dense MACs / slim MACs (`lilnetx.count_macs`).", "",
+        "| lambda_channel | test accuracy | size | slice sparsity | channels removed | conv2 widths "
+        "(per block) | MAC ratio | torch 2 thr b64 dense / slim ms | speedup | ORT 2 thr b64 "
+        "dense / slim ms | speedup | train s |",
+        "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lat = r["latency"]["2x64"]
+        lines.append(
+            f"| {r['lambda_channel']:g} | {100 * r['accuracy']:.2f}% | "
+            f"{r.get('size_bytes', 0) / 1000:.1f} KB | {100 * r.get('slice_sparsity', 0):.1f}% | "
+            f"{100 * r.get('channel_sparsity', 0):.1f}% | {' '.join(map(str, r['conv2_widths']))}"
+            f" | {r['mac_ratio']:.2f}x | {lat['torch_dense']:.1f} / {lat['torch_slim']:.1f} | "
+            f"{lat['torch_speedup']:.2f}x | {lat['ort_dense']:.1f} / {lat['ort_slim']:.1f} | "
+            f"{lat['ort_speedup']:.2f}x | {r['train_seconds']:.0f} |")
+    lines += ["", "Every configuration (ms, dense / slim, speedup):", "",
+              "| lambda_channel | " + " | ".join(
+                  f"{rt} {t} thr b{b}" for t in threads_list for b in BATCHES
+                  for rt in ("torch", "ORT")) + " |",
+              "|---:|" + "---:|" * (2 * len(threads_list) * len(BATCHES))]
+    for r in rows:
+        cells = []
+        for t in threads_list:
+            for b in BATCHES:
+                lat = r["latency"][f"{t}x{b}"]
+                cells.append(f"{lat['torch_dense']:.2f} / {lat['torch_slim']:.2f} "
+                             f"({lat['torch_speedup']:.2f}x)")
+                cells.append(f"{lat['ort_dense']:.2f} / {lat['ort_slim']:.2f} "
+                             f"({lat['ort_speedup']:.2f}x)")
+        lines.append(f"| {r['lambda_channel']:g} | " + " | ".join(cells) + " |")
+    # targets
+    ok = [r for r in rows[1:] if 100 * (base["accuracy"] - r["accuracy"]) <= TARGET_ACC_POINTS]
+    lines += ["", f"Targets (against lambda_channel 0, test accuracy {100 * base['accuracy']:.2f}%"
+              f"; a model qualifies within {TARGET_ACC_POINTS:g} point):", ""]
+    if not ok:
+        lines.append("- no model trained with the prior is within 1 point of accuracy: "
+                     "**missed**.")
+    else:
+        best = max(ok, key=lambda r: min(r["latency"]["2x64"]["torch_speedup"],
+                                         r["latency"]["2x64"]["ort_speedup"]))
+        lat = best["latency"]["2x64"]
+        gap = best["mac_ratio"] / lat["torch_speedup"]
+        verdict = lambda c: "met" if c else "**missed**"  # noqa: E731
+        lines += [
+            f"- best qualifying model: lambda_channel {best['lambda_channel']:g}, "
+            f"{100 * best['accuracy']:.2f}% ({100 * (best['accuracy'] - base['accuracy']):+.2f} "
+            "points).",
+            f"- torch, batch 64, 2 threads: {lat['torch_speedup']:.2f}x (target >= "
+            f"{TARGET_SPEEDUP:g}x): {verdict(lat['torch_speedup'] >= TARGET_SPEEDUP)}.",
+            f"- ONNX Runtime, batch 64, 2 threads: {lat['ort_speedup']:.2f}x (target >= "
+            f"{TARGET_SPEEDUP:g}x): {verdict(lat['ort_speedup'] >= TARGET_SPEEDUP)}.",
+            f"- MAC ratio {best['mac_ratio']:.2f}x / torch speedup {lat['torch_speedup']:.2f}x = "
+            f"{gap:.2f} (target <= {TARGET_MAC_GAP:g}): {verdict(gap <= TARGET_MAC_GAP)}.",
+            f"- without the prior (lambda_channel 0): {base['latency']['2x64']['torch_speedup']:.2f}x"
+            f" torch, {base['latency']['2x64']['ort_speedup']:.2f}x ORT, MAC ratio "
+            f"{base['mac_ratio']:.2f}x."]
+    tf = {r["lambda_channel"] for r in front(rows, "torch_slim")}
+    of = {r["lambda_channel"] for r in front(rows, "ort_slim")}
+    lines += ["", "Accuracy/latency front of the sweep (batch 64, 2 threads): torch "
+              f"{sorted(tf)}, ONNX Runtime {sorted(of)} (lambda_channel values). "
+              f"![accuracy vs slim latency](channel_prior.png)", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--channels", type=float, nargs="+", default=None)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dir", default=None, help="keep the files here")
+    ap.add_argument("--reuse", action="store_true", help="measure the files already in --dir")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--train-one", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--settings", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.train_one is not None:
+        train_one(args.train_one, json.loads(args.settings), Path(args.dir), args.seed)
+        return 0
+    settings = dict(QUICK if args.quick else FULL)
+    for k in ("channels", "epochs", "limit"):
+        if getattr(args, k) is not None:
+            settings[k] = getattr(args, k)
+    if 0.0 not in settings["channels"]:
+        settings["channels"] = [0.0] + settings["channels"]
+    work = Path(args.dir or tempfile.mkdtemp(prefix="lilnetx-channel-"))
+    work.mkdir(parents=True, exist_ok=True)
+    info = {"seed": args.seed, "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    if args.reuse:
+        rows = sorted((json.loads(p.read_text()) for p in work.glob("channel-*.json")),
+                      key=lambda r: r["lambda_channel"])
+    else:
+        rows = train_all(settings, work, args.seed, args.jobs)
+    for r in rows:
+        print(f"[channel] timing lambda_channel={r['lambda_channel']:g}", file=sys.stderr,
+              flush=True)
+        r.update(measure(r, settings, args.threads, work))
+    info["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    if 2 not in args.threads:
+        raise SystemExit("--threads must include 2 (the target's thread count)")
+    text = markdown(rows, settings, args.threads, argv, info)
+    print(text)
+    (work / "results.json").write_text(json.dumps(rows, indent=1))
+    if args.out:
+        from _report import write_section
+
+        plot(rows, PLOT)
+        write_section(args.out, SECTION, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
