@@ -416,7 +416,8 @@ def curves_figure(history: dict[str, list[tuple[int, float]]]) -> go.Figure:
                                  mode="lines+markers", name=k,
                                  yaxis="y2" if "bits" in k else "y"))
     fig.update_layout(template="plotly_white", height=300, xaxis_title="epoch",
-                      yaxis2={"overlaying": "y", "side": "right", "title": "bits"},
+                      yaxis2={"overlaying": "y", "side": "right", "title": "bits",
+                              "tickformat": ".4~s"},
                       margin={"l": 50, "r": 50, "t": 20, "b": 40})
     return fig
 
