@@ -28,6 +28,16 @@ def markers(name: str) -> tuple[str, str]:
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
+def publish(text: str, path: str | os.PathLike, name: str, *, write: bool = True) -> None:
+    """Print a benchmark's markdown and, with ``write``, make it section ``name`` of ``path``."""
+    import sys
+
+    print(text)
+    if write:
+        write_section(path, name, text)
+        print(f"wrote section {name!r} of {path}", file=sys.stderr)
+
+
 def write_section(path: str | os.PathLike, name: str, body: str) -> None:
     """Replace section ``name`` of the markdown file ``path`` with ``body`` (or append it).
 

@@ -39,7 +39,7 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import command_line, machine_line, write_section  # noqa: E402
+from _report import command_line, machine_line, publish  # noqa: E402
 
 SECTION = "dashboard"
 TARGET_SECONDS = 2.0
@@ -304,11 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", default=None, help="log into this directory and keep it")
     args = ap.parse_args(argv)
     res = run(args.runs, args.repeats, args.keep)
-    text = markdown(res, args.runs, args.repeats, argv)
-    print(text)
-    if not args.no_write:
-        write_section(args.out, SECTION, text)
-        print(f"wrote section {SECTION!r} of {args.out}", file=sys.stderr)
+    publish(markdown(res, args.runs, args.repeats, argv), args.out, SECTION,
+            write=not args.no_write)
     return 0
 
 

@@ -77,7 +77,7 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import command_line, loadavg, machine_line, write_section  # noqa: E402
+from _report import command_line, loadavg, machine_line, publish  # noqa: E402
 from dashboard_figures import OBJECTIVES, synthetic_run  # noqa: E402
 
 SECTION = "dashboard_scale"
@@ -973,11 +973,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep:
         with open(Path(args.keep) / "results.json", "w") as f:
             json.dump(res, f, indent=1, default=str)
-    text = markdown(res, args.runs, args.repeats, argv)
-    print(text)
-    if not args.no_write:
-        write_section(args.out, SECTION, text)
-        print(f"wrote section {SECTION!r} of {args.out}", file=sys.stderr)
+    publish(markdown(res, args.runs, args.repeats, argv), args.out, SECTION,
+            write=not args.no_write)
     return 0
 
 
