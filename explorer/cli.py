@@ -150,7 +150,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     s = sub.add_parser("slim", help="slim a .lnx model: FLOPs, latency, optional ONNX export")
     s.add_argument("file")
-    s.add_argument("--onnx", default=None, help="write the slim network to this .onnx file")
+    s.add_argument("--onnx", default=None, help="write the slim network to this .onnx file "
+                   "(and, unless --no-latency, time it under ONNX Runtime)")
+    s.add_argument("--round-to", type=int, default=None, metavar="N",
+                   help="round every slimmed channel count up to a multiple of N")
     s.add_argument("--no-latency", action="store_true")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_slim)
@@ -523,7 +526,8 @@ def cmd_slim(args: argparse.Namespace) -> dict:
 
     c = fileformat.read(args.file)
     net = fileformat.build_network(c)
-    _, metrics = slim_metrics(net, c.arch, latency=not args.no_latency, onnx_path=args.onnx)
+    _, metrics = slim_metrics(net, c.arch, latency=not args.no_latency, onnx_path=args.onnx,
+                              round_to=args.round_to)
     if args.onnx:
         metrics["onnx_path"] = args.onnx
     return metrics

@@ -499,8 +499,15 @@ def test_cli_slim_writes_onnx_and_json(tmp_path):
     proc = _cli(["slim", str(lnx), "--onnx", str(onnx_path), "--json"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)
-    for key in ("flops", "dense_flops", "sparse_flops", "channel_sparsity", "latency_ms"):
+    for key in ("flops", "dense_flops", "sparse_flops", "channel_sparsity", "latency_ms",
+                "onnx_latency_ms", "onnx_latency_ms_b64"):
         assert key in doc, key
+    assert doc["onnx_latency_ms"] > 0 and doc["onnx_latency_ms_b64"] > doc["onnx_latency_ms"]
+    rounded = _cli(["slim", str(lnx), "--round-to", "8", "--no-latency", "--json"], tmp_path)
+    assert rounded.returncode == 0, rounded.stderr[-3000:]
+    assert json.loads(rounded.stdout)["flops"] >= doc["flops"]
+    bad = _cli(["slim", str(lnx), "--round-to", "0", "--json"], tmp_path)
+    assert bad.returncode == 2 and "round_to" in bad.stderr
     assert doc["flops"] < doc["dense_flops"]
     assert doc["sparse_flops"] <= doc["dense_flops"]
     assert doc["latency_ms"] > 0

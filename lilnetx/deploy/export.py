@@ -41,16 +41,20 @@ def export_onnx(net: nn.Module, example: torch.Tensor, path: str | os.PathLike) 
 
 
 def slim_metrics(plain: nn.Module, arch: dict, *, latency: bool = True,
-                 onnx_path: str | None = None) -> tuple[nn.Module, dict]:
+                 onnx_path: str | None = None,
+                 round_to: int | None = None) -> tuple[nn.Module, dict]:
     """Slim ``plain`` and measure it against the dense network.
 
     Keys: ``flops``, ``dense_flops``, ``sparse_flops`` (MACs per sample), ``channel_sparsity``
     (fraction of conv/linear output channels removed), and with ``latency``: ``latency_ms``
     and ``latency_ms_b64`` (slim, batch 1 and 64), ``dense_latency_ms`` and
-    ``dense_latency_ms_b64`` (same measurement of the unslimmed network).
+    ``dense_latency_ms_b64`` (same measurement of the unslimmed network); with ``onnx_path``
+    too (the slim network written there as ONNX): ``onnx_latency_ms`` and
+    ``onnx_latency_ms_b64``, the same model under ONNX Runtime (one thread; needs
+    ``onnxruntime``). ``round_to``: see :func:`lilnetx.slim`.
     """
     x = example_input(arch)
-    slim_net = slim(plain, x)
+    slim_net = slim(plain, x, round_to=round_to)
     dense_counts, slim_counts = count_macs(plain, x), count_macs(slim_net, x)
     out = {
         "flops": slim_counts["flops"],
@@ -62,6 +66,12 @@ def slim_metrics(plain: nn.Module, arch: dict, *, latency: bool = True,
         out.update(latency_metrics(slim_net, plain, tuple(x.shape[1:])))
     if onnx_path:
         export_onnx(slim_net, x, onnx_path)
+        if latency:
+            from lilnetx.deploy.latency import onnx_latency_ms
+
+            shape = tuple(x.shape[1:])
+            out["onnx_latency_ms"] = onnx_latency_ms(onnx_path, shape, batch=1)
+            out["onnx_latency_ms_b64"] = onnx_latency_ms(onnx_path, shape, batch=64)
     return slim_net, out
 
 
