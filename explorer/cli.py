@@ -89,6 +89,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     t.add_argument("--lambda-l2", type=_nonneg_float("--lambda-l2"), default=1e-6)
     t.add_argument("--lambda-channel", type=_nonneg_float("--lambda-channel"), default=0.0,
                    help="weight of the coupled-channel group prior (LilNetX models; 0: off)")
+    t.add_argument("--channel-scope", choices=("coupled", "all"), default="coupled",
+                   help="channels the prior acts on: those several layers write (residual "
+                   "streams), or every channel")
     t.add_argument("--warmup-epochs", type=_nonneg_float("--warmup-epochs"), default=None)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--rate-table", type=int, default=None,
@@ -281,6 +284,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, prior_lr=args.prior_lr,
         lambda_rate=args.lambda_rate, lambda_sparsity=args.lambda_sparsity,
         lambda_l2=args.lambda_l2, lambda_channel=args.lambda_channel,
+        channel_scope=args.channel_scope,
         warmup_epochs=args.warmup_epochs, seed=args.seed,
         device=args.device,
         **({} if args.rate_table is None else {"rate_table": args.rate_table}))

@@ -20,7 +20,8 @@ from .pareto import search_metric
 from .safe_yaml import clip, load_file, show
 
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "prior_lr", "lambda_rate", "lambda_sparsity",
-              "lambda_l2", "lambda_channel", "warmup_epochs", "seed", "rate_table")
+              "lambda_l2", "lambda_channel", "channel_scope", "warmup_epochs", "seed",
+              "rate_table")
 """Hyperparameters of :class:`lilnetx.TrainConfig` a space may fix or search."""
 SPEC_KEYS = ("width", "limit", "val_fraction")
 """Hyperparameters of :class:`lilnetx.experiment.RunSpec` a space may fix or search."""
@@ -334,6 +335,10 @@ def _check_param(path: str, key: str, spec: Any) -> None:
 
     mparam = all_params().get(key)
     strings = mparam.choices if mparam is not None and mparam.kind is str else None
+    if key == "channel_scope":
+        from lilnetx.core.channel_prior import SCOPES
+
+        strings = SCOPES
     is_int = key in _INT_KEYS or (mparam is not None and mparam.kind is int)
 
     def check_value(v: Any, in_choice: bool = False) -> None:

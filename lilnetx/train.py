@@ -62,6 +62,7 @@ class TrainConfig:
     lambda_sparsity: float = 1e-6
     lambda_l2: float = 1e-6
     lambda_channel: float = 0.0
+    channel_scope: str = "coupled"
     warmup_epochs: float | None = None
     seed: int = 0
     device: str | None = None
@@ -78,6 +79,11 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, but got {self.lr}")
         if self.warmup_epochs is not None:
             check_nonnegative("warmup_epochs", self.warmup_epochs)
+        from lilnetx.core.channel_prior import SCOPES
+
+        if self.channel_scope not in SCOPES:
+            raise ConfigError(f"channel_scope must be one of {', '.join(SCOPES)}, but got "
+                              f"{str(self.channel_scope)[:40]!r}")
         if isinstance(self.rate_table, bool) or not isinstance(self.rate_table, int) or not (
                 self.rate_table == 0 or 2 <= self.rate_table <= MAX_POINTS):
             raise ConfigError(f"rate_table must be 0 (exact) or an integer in 2..{MAX_POINTS}, "
@@ -234,7 +240,8 @@ def fit(
     if cfg.lambda_channel > 0 and isinstance(model, LilNetXModel) and (
             model.channel_groups is None):
         x0 = splits.train[0][0]  # trace the coupled channels once, on the CPU
-        model.channel_penalty(torch.as_tensor(x0).unsqueeze(0).repeat(2, *([1] * x0.dim())))
+        model.channel_penalty(torch.as_tensor(x0).unsqueeze(0).repeat(2, *([1] * x0.dim())),
+                              scope=cfg.channel_scope)
     model.to(device).train()
     torch.manual_seed(cfg.seed)  # the rate's training noise comes from the global generator
     gen = torch.Generator().manual_seed(cfg.seed)

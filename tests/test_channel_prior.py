@@ -51,7 +51,7 @@ def brute_force(model, groups) -> torch.Tensor:
 
 def test_resnet20_residual_channels_gather_every_writer_and_reader():
     model = resnet(width=0.5)  # stages of 8, 16, 32 channels
-    g = build_channel_groups(model, torch.randn(2, 3, 32, 32))
+    g = build_channel_groups(model, torch.randn(2, 3, 32, 32), "all")
     convs = [n for n, _ in model.latent_layers() if n != "fc"]
     # three residual streams (stem + 3 conv2 writers each) and one group per block's conv1
     assert g.groups == 3 + 9
@@ -70,7 +70,7 @@ def test_resnet20_residual_channels_gather_every_writer_and_reader():
 
 def test_lenet5_flatten_reader_takes_every_feature_of_a_channel():
     model = lenet()
-    g = build_channel_groups(model, torch.randn(2, 1, 28, 28))
+    g = build_channel_groups(model, torch.randn(2, 1, 28, 28), "all")
     layers = dict(model.latent_layers())
     conv2, fc1 = list(layers)[1], list(layers)[2]
     c = next(i for i, m in enumerate(g.members) if any(n == conv2 and s == "out" for n, s, _ in m))
@@ -84,7 +84,7 @@ def test_lenet5_flatten_reader_takes_every_feature_of_a_channel():
 @pytest.mark.parametrize("make,shape", [(resnet, (2, 3, 32, 32)), (lenet, (2, 1, 28, 28))])
 def test_value_and_gradient_match_brute_force(make, shape):
     model = make()
-    g = build_channel_groups(model, torch.randn(shape))
+    g = build_channel_groups(model, torch.randn(shape), "all")
     layers = dict(model.latent_layers())
     with torch.no_grad():  # some exact zeros, as training makes them
         first = next(iter(layers.values()))
@@ -105,7 +105,7 @@ def test_every_entry_is_pulled_alike_whatever_its_group_or_network():
     channel it belongs to: the pull does not depend on the group's size or the network's."""
     for model, shape in ((resnet(0.25), (2, 3, 32, 32)), (resnet(1.0), (2, 3, 32, 32)),
                          (lenet(), (2, 1, 28, 28))):
-        g = build_channel_groups(model, torch.randn(shape))
+        g = build_channel_groups(model, torch.randn(shape), "all")
         layers = dict(model.latent_layers())
         with torch.no_grad():
             for layer in layers.values():
@@ -128,7 +128,7 @@ def test_joint_loss_adds_the_term_only_when_asked():
     assert "channel" not in off
     with pytest.raises(ConfigError, match="example input"):
         joint_loss(model, model(x), y, TrainConfig(lambda_channel=0.1))
-    model.channel_penalty(x[:2])
+    model.channel_penalty(x[:2], scope="all")
     on = joint_loss(model, model(x), y, TrainConfig(lambda_channel=0.1))
     assert on["channel"].item() > 0
     assert on["loss"].item() == pytest.approx(
@@ -137,3 +137,35 @@ def test_joint_loss_adds_the_term_only_when_asked():
         rel=1e-5)
     with pytest.raises(ConfigError, match="lambda_channel"):
         TrainConfig(lambda_channel=-1.0).validate()
+
+
+def test_scope_coupled_keeps_only_the_channels_several_layers_write():
+    model = resnet(width=0.5)
+    example = torch.randn(2, 3, 32, 32)
+    coupled = build_channel_groups(model, example)  # the default
+    every = build_channel_groups(model, example, "all")
+    assert coupled.channels == 8 + 16 + 32 and every.channels == 4 * (8 + 16 + 32)
+    for members in coupled.members:
+        writers = {n for n, side, _ in members if side == "out"}
+        assert len(writers) >= 2
+    # LeNet-5 has no coupled channel: the prior is zero there
+    assert build_channel_groups(lenet(), torch.randn(2, 1, 28, 28)).channels == 0
+    with pytest.raises(ConfigError, match="channel_scope"):
+        build_channel_groups(model, example, "some")
+    with pytest.raises(ConfigError, match="channel_scope"):
+        TrainConfig(channel_scope="some").validate()
+
+
+def test_a_space_may_search_the_scope(tmp_path):
+    from explorer.space import load_space
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nmodel: lenet5\ndataset: digits\nmethod: lilnetx\n"
+                    "objectives: {accuracy: max, size_bytes: min}\n"
+                    "params: {lambda_channel: {loguniform: [1.0e-5, 1.0e-3]}, "
+                    "channel_scope: {choice: [coupled, all]}}\n")
+    space = load_space(str(path))
+    assert set(space.searched()) >= {"lambda_channel", "channel_scope"}
+    path.write_text(path.read_text().replace("coupled, all", "coupled, some"))
+    with pytest.raises(ConfigError, match="channel_scope"):
+        load_space(str(path))

@@ -6,8 +6,8 @@ the stem and by the second conv of every block of its stage, and read by the fir
 block, the next stage's entry convs and the classifier: the slim export (:func:`lilnetx.slim`)
 can remove it only when every reader's slice for it is zero, and the slice prior does not know
 these slices belong together. This prior does: for every coupled channel ``c`` (the root channels
-of Torch-Pruning's dependency groups, the network's output layer excluded) it takes the latent
-entries of
+of Torch-Pruning's dependency groups that more than one layer writes, the network's output layer
+excluded; with ``scope="all"``, every group's channels) it takes the latent entries of
 
 - the output slices of ``c`` in every conv/linear layer that writes it (``weight[c]``), and
 - the input slices of ``c`` in every dense conv/linear layer that reads it (``weight[:, c]``; a
@@ -74,10 +74,21 @@ def _reads_dense(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 
-def build_channel_groups(model, example: torch.Tensor) -> ChannelGroups:
+SCOPES = ("coupled", "all")
+"""``coupled``: only the channels of groups that more than one layer writes (residual streams,
+depthwise pairs, concatenated branches), the slice prior alone acting on the others; ``all``:
+every channel of every group (a plain conv's output channels too)."""
+
+
+def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled") -> ChannelGroups:
     """The coupled channels of LilNetX ``model`` (a :class:`~lilnetx.core.model.LilNetXModel`)
-    traced on ``example`` (a batch shaped like the input, N x C x H x W). Requires
-    ``torch_pruning``."""
+    traced on ``example`` (a batch shaped like the input, N x C x H x W), in ``scope`` (one of
+    :data:`SCOPES`). Requires ``torch_pruning``."""
+    if scope not in SCOPES:
+        from lilnetx.errors import ConfigError
+
+        raise ConfigError(f"channel_scope must be one of {', '.join(SCOPES)}, but got "
+                          f"{str(scope)[:40]!r}")
     from lilnetx.core.model import decode
     from lilnetx.deploy.slimming import _channel_groups as channel_groups
 
@@ -91,6 +102,11 @@ def build_channel_groups(model, example: torch.Tensor) -> ChannelGroups:
         root = group[0].dep.target.module
         n = dg.get_out_channels(root)
         if not n:
+            continue
+        writers = {id(item.dep.target.module) for item in group.items
+                   if dg.is_out_channel_pruning_fn(item.dep.handler)
+                   and isinstance(item.dep.target.module, nn.Conv2d | nn.Linear)}
+        if scope == "coupled" and len(writers) < 2:
             continue
         base = len(members)
         members.extend([] for _ in range(n))

@@ -172,11 +172,13 @@ class LilNetXModel(nn.Module):
         latents = [layer.latent for _, layer in self.latent_layers() if layer.latent.shape[1] > 1]
         return _SliceLasso.apply(*latents) if latents else self._zero()
 
-    def channel_penalty(self, example: torch.Tensor | None = None) -> torch.Tensor:
+    def channel_penalty(self, example: torch.Tensor | None = None,
+                        scope: str = "coupled") -> torch.Tensor:
         """The coupled-channel group prior (:mod:`lilnetx.core.channel_prior`; unitless): a
         group lasso over the latents that write or read each coupled channel. The
         channel groups are traced once, on ``example`` (a batch shaped like the input), the
-        first time; later calls reuse them."""
+        first time, in ``scope`` (:data:`lilnetx.core.channel_prior.SCOPES`); later calls
+        reuse them."""
         from lilnetx.core.channel_prior import build_channel_groups, channel_group_lasso
 
         layers = dict(self.latent_layers())
@@ -184,7 +186,7 @@ class LilNetXModel(nn.Module):
             if example is None:
                 raise ConfigError("channel_penalty needs an example input the first time, to "
                                   "trace the network's coupled channels")
-            self.channel_groups = build_channel_groups(self, example)
+            self.channel_groups = build_channel_groups(self, example, scope)
         dev = next(iter(layers.values())).latent.device if layers else None
         if dev is not None and self.channel_groups.sizes.device != dev:
             self.channel_groups = self.channel_groups.to(dev)
