@@ -35,16 +35,17 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-SECTION = "channel_prior"
-PLOT = ROOT / "docs" / "channel_prior.png"
+SECTION = "channel_prior_{scope}"
+PLOT = ROOT / "docs" / "channel_prior_{scope}.png"
 TARGET_SPEEDUP = 2.0
 TARGET_MAC_GAP = 1.3
 TARGET_ACC_POINTS = 1.0
 FULL = {"epochs": 5, "limit": 12000, "batch_size": 128, "lr": 2e-2, "lambda_sparsity": 1e-6,
-        "lambda_rate": 1e-4, "channels": [0.0, 3e-5, 1e-4, 3e-4, 1e-3], "rounds": 15,
-        "block": 3}
+        "lambda_rate": 1e-4, "channel_scope": "coupled",
+        "channels": [0.0, 1e-4, 3e-4, 1e-3, 3e-3], "rounds": 25, "block": 3}
 QUICK = {"epochs": 1, "limit": 600, "batch_size": 128, "lr": 2e-2, "lambda_sparsity": 1e-6,
-         "lambda_rate": 1e-4, "channels": [0.0, 1e-3], "rounds": 3, "block": 2}
+         "lambda_rate": 1e-4, "channel_scope": "coupled", "channels": [0.0, 1e-3], "rounds": 3,
+         "block": 2}
 BATCHES = (1, 64)
 
 
@@ -57,8 +58,8 @@ def train_one(lam: float, settings: dict, out_dir: Path, seed: int) -> dict:
     torch.set_num_threads(1)
     cfg = TrainConfig(epochs=settings["epochs"], batch_size=settings["batch_size"],
                       lr=settings["lr"], lambda_sparsity=settings["lambda_sparsity"],
-                      lambda_rate=settings["lambda_rate"], lambda_channel=lam, seed=seed,
-                      device="cpu")
+                      lambda_rate=settings["lambda_rate"], lambda_channel=lam,
+                      channel_scope=settings["channel_scope"], seed=seed, device="cpu")
     t0 = time.perf_counter()
     outcome = run(RunSpec(model="resnet20", dataset="fashion_mnist", limit=settings["limit"],
                           train=cfg))
@@ -68,6 +69,7 @@ def train_one(lam: float, settings: dict, out_dir: Path, seed: int) -> dict:
     keep = ("accuracy", "val_accuracy", "size_bytes", "slice_sparsity", "channel_sparsity",
             "flops", "dense_flops")
     res = {"lambda_channel": lam, "path": str(path), "train_seconds": seconds,
+           "settings": settings,
            **{k: float(summary[k]) for k in keep if k in summary}}
     (out_dir / f"channel-{lam:g}.json").write_text(json.dumps(res))
     return res
@@ -81,6 +83,10 @@ def train_all(settings: dict, out_dir: Path, seed: int, jobs: int) -> list[dict]
     while todo or running:
         while todo and len(running) < jobs:
             lam = todo.pop(0)
+            kept = out_dir / f"channel-{lam:g}.json"
+            if kept.exists() and json.loads(kept.read_text()).get("settings") == settings:
+                done.append(json.loads(kept.read_text()))  # trained by an earlier run
+                continue
             cmd = [sys.executable, __file__, "--train-one", str(lam), "--dir", str(out_dir),
                    "--seed", str(seed), "--settings", json.dumps(settings)]
             log = open(out_dir / f"channel-{lam:g}.log", "w")
@@ -102,7 +108,7 @@ def train_all(settings: dict, out_dir: Path, seed: int, jobs: int) -> list[dict]
 
 
 # ------------------------------------------------------------------------------ timing
-def interleaved(fns: dict, rounds: int, block: int, warmup: int = 3) -> dict[str, float]:
+def interleaved(fns: dict, rounds: int, block: int, warmup: int = 10) -> dict[str, float]:
     """Median ms per call of each function, in interleaved rounds (order alternating)."""
     names = list(fns)
     for fn in fns.values():
@@ -204,14 +210,16 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
 
     base = rows[0]
     lines = [
-        "## Coupled-channel group prior: slim speedup (`lambda_channel`)", "",
+        "## Coupled-channel group prior: slim speedup (`lambda_channel`, channel_scope "
+        f"{settings['channel_scope']})", "",
         machine_line(), f"Load average before / after: {info['load_before']} / "
         f"{info['load_after']}.", "", "Reproduce:", "", "```",
         command_line("benchmarks/channel_prior.py", argv), "```", "",
         f"ResNet-20 (width 1) on Fashion-MNIST, {settings['limit']:,} training images, "
         f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {settings['lr']:g}, "
         f"lambda_rate {settings['lambda_rate']:g}, lambda_sparsity "
-        f"{settings['lambda_sparsity']:g}, seed {info['seed']}, one torch thread per training "
+        f"{settings['lambda_sparsity']:g}, channel_scope {settings['channel_scope']}, seed "
+        f"{info['seed']}, one torch thread per training "
         f"(two at a time); one training per `lambda_channel`, everything else equal. Latency: "
         f"{settings['rounds']} interleaved rounds x {settings['block']} passes of the dense and "
         "the slim network (`lilnetx.load` of the file, then `lilnetx.slim`), order alternating, "
@@ -276,7 +284,8 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
     of = {r["lambda_channel"] for r in front(rows, "ort_slim")}
     lines += ["", "Accuracy/latency front of the sweep (batch 64, 2 threads): torch "
               f"{sorted(tf)}, ONNX Runtime {sorted(of)} (lambda_channel values). "
-              f"![accuracy vs slim latency](channel_prior.png)", ""]
+              f"![accuracy vs slim latency](channel_prior_{settings['channel_scope']}.png)",
+              ""]
     return "\n".join(lines)
 
 
@@ -286,12 +295,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--channels", type=float, nargs="+", default=None)
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--scope", dest="channel_scope", choices=("coupled", "all"), default=None)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dir", default=None, help="keep the files here")
     ap.add_argument("--reuse", action="store_true", help="measure the files already in --dir")
+    ap.add_argument("--from-results", action="store_true",
+                    help="write the report of the run kept in --dir (no training, no timing)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--train-one", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--settings", default=None, help=argparse.SUPPRESS)
@@ -300,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         train_one(args.train_one, json.loads(args.settings), Path(args.dir), args.seed)
         return 0
     settings = dict(QUICK if args.quick else FULL)
-    for k in ("channels", "epochs", "limit"):
+    for k in ("channels", "epochs", "limit", "channel_scope"):
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)
     if 0.0 not in settings["channels"]:
@@ -308,11 +320,21 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.dir or tempfile.mkdtemp(prefix="lilnetx-channel-"))
     work.mkdir(parents=True, exist_ok=True)
     info = {"seed": args.seed, "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    if args.from_results:  # the report of an earlier run, measured already
+        saved = json.loads((work / "results.json").read_text())
+        if isinstance(saved, list):  # written before the settings were kept beside the rows
+            saved = {"rows": saved, "settings": {**saved[-1].get("settings", settings)},
+                     "info": {**info, "load_after": "not recorded"}, "argv": argv}
+        rows, settings, info = saved["rows"], saved["settings"], saved["info"]
+        return _report(rows, settings, args, saved["argv"], info)
     if args.reuse:
         rows = sorted((json.loads(p.read_text()) for p in work.glob("channel-*.json")),
                       key=lambda r: r["lambda_channel"])
     else:
         rows = train_all(settings, work, args.seed, args.jobs)
+    # one untimed pass over every model and configuration first: the first networks timed
+    # would otherwise pay the process's cold start (kernel selection, allocator growth)
+    measure(rows[0], {**settings, "rounds": 2, "block": 1}, args.threads, work)
     for r in rows:
         print(f"[channel] timing lambda_channel={r['lambda_channel']:g}", file=sys.stderr,
               flush=True)
@@ -320,14 +342,20 @@ def main(argv: list[str] | None = None) -> int:
     info["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     if 2 not in args.threads:
         raise SystemExit("--threads must include 2 (the target's thread count)")
-    text = markdown(rows, settings, args.threads, argv, info)
-    print(text)
-    (work / "results.json").write_text(json.dumps(rows, indent=1))
-    if args.out:
-        from _report import write_section
+    (work / "results.json").write_text(json.dumps(
+        {"rows": rows, "settings": settings, "info": info, "argv": argv}, indent=1))
+    return _report(rows, settings, args, argv, info)
 
-        plot(rows, PLOT)
-        write_section(args.out, SECTION, text)
+
+def _report(rows, settings, args, argv, info) -> int:
+    from _report import publish
+
+    scope = settings.get("channel_scope", "all")
+    settings = {**settings, "channel_scope": scope}
+    if args.out:
+        plot(rows, Path(str(PLOT).format(scope=scope)))
+    publish(markdown(rows, settings, args.threads, argv, info), args.out,
+            SECTION.format(scope=scope), write=bool(args.out))
     return 0
 
 
