@@ -369,10 +369,9 @@ def test_count_macs_of_the_slim_network_drops(tmp_path):
 # ----------------------------------------------------------------------------- ONNX
 
 
-@pytest.mark.parametrize("name", ["residual", "lenet5"])
-def test_export_onnx_matches_torch_with_a_dynamic_batch(tmp_path, name):
-    import onnxruntime as ort
-
+def exported_slim(name: str, tmp_path):
+    """A case's LilNetX network with its zero channels, slimmed and exported as ONNX: (slim
+    network, ONNX path, channels, image size)."""
     build, (c, s), zeros, _ = CASES[name]
     torch.manual_seed(0)
     model = lilnetx.convert(build())
@@ -383,6 +382,14 @@ def test_export_onnx_matches_torch_with_a_dynamic_batch(tmp_path, name):
     net = slim(model, torch.randn(1, c, s, s))
     path = tmp_path / "slim.onnx"
     export_onnx(net, torch.randn(1, c, s, s), path)
+    return net, path, c, s
+
+
+@pytest.mark.parametrize("name", ["residual", "lenet5"])
+def test_export_onnx_matches_torch_with_a_dynamic_batch(tmp_path, name):
+    import onnxruntime as ort
+
+    net, path, c, s = exported_slim(name, tmp_path)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["input"]
     assert [o.name for o in sess.get_outputs()] == ["logits"]
@@ -428,16 +435,7 @@ def test_latency_is_positive_and_restores_the_thread_count():
 
 
 def test_onnx_latency_of_an_exported_slim_model(tmp_path):
-    build, (c, s), zeros, _ = CASES["residual"]
-    torch.manual_seed(0)
-    model = lilnetx.convert(build())
-    nonzero_latents(model)
-    for layer, channels in zeros.items():
-        zero_inputs(model, layer, channels)
-    calibrate(model, torch.randn(8, c, s, s))
-    net = slim(model, torch.randn(1, c, s, s))
-    path = tmp_path / "slim.onnx"
-    export_onnx(net, torch.randn(1, c, s, s), path)
+    net, path, c, s = exported_slim("residual", tmp_path)
     for threads in (1, 2):
         # the session the latency is measured on computes the torch network's outputs
         sess = onnx_session(path, threads=threads)
