@@ -352,10 +352,13 @@ def _report(rows, settings, args, argv, info) -> int:
 
     scope = settings.get("channel_scope", "all")
     settings = {**settings, "channel_scope": scope}
+    # another budget than the default gets a section (and a plot) of its own
+    tag = scope if settings["epochs"] == FULL["epochs"] else f"{scope}_{settings['epochs']}ep"
     if args.out:
-        plot(rows, Path(str(PLOT).format(scope=scope)))
-    publish(markdown(rows, settings, args.threads, argv, info), args.out,
-            SECTION.format(scope=scope), write=bool(args.out))
+        plot(rows, Path(str(PLOT).format(scope=tag)))
+    publish(markdown(rows, settings, args.threads, argv, info).replace(
+        f"channel_prior_{scope}.png", f"channel_prior_{tag}.png"), args.out,
+        SECTION.format(scope=tag), write=bool(args.out))
     return 0
 
 
