@@ -79,11 +79,9 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, but got {self.lr}")
         if self.warmup_epochs is not None:
             check_nonnegative("warmup_epochs", self.warmup_epochs)
-        from lilnetx.core.channel_prior import SCOPES
+        from lilnetx.core.channel_prior import check_scope
 
-        if self.channel_scope not in SCOPES:
-            raise ConfigError(f"channel_scope must be one of {', '.join(SCOPES)}, but got "
-                              f"{str(self.channel_scope)[:40]!r}")
+        check_scope(self.channel_scope)
         if isinstance(self.rate_table, bool) or not isinstance(self.rate_table, int) or not (
                 self.rate_table == 0 or 2 <= self.rate_table <= MAX_POINTS):
             raise ConfigError(f"rate_table must be 0 (exact) or an integer in 2..{MAX_POINTS}, "
@@ -239,9 +237,11 @@ def fit(
     device = pick_device(cfg.device)
     if cfg.lambda_channel > 0 and isinstance(model, LilNetXModel) and (
             model.channel_groups is None):
-        x0 = splits.train[0][0]  # trace the coupled channels once, on the CPU
-        model.channel_penalty(torch.as_tensor(x0).unsqueeze(0).repeat(2, *([1] * x0.dim())),
-                              scope=cfg.channel_scope)
+        from lilnetx.core.channel_prior import build_channel_groups
+
+        x0 = torch.as_tensor(splits.train[0][0])  # trace the coupled channels once, on the CPU
+        model.channel_groups = build_channel_groups(
+            model, x0.unsqueeze(0).repeat(2, *([1] * x0.dim())), cfg.channel_scope)
     model.to(device).train()
     torch.manual_seed(cfg.seed)  # the rate's training noise comes from the global generator
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -70,27 +70,30 @@ class ChannelGroups:
                              self.sizes.to(device), self.groups, self.members)
 
 
-def _reads_dense(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
-
-
 SCOPES = ("coupled", "all")
 """``coupled``: only the channels of groups that more than one layer writes (residual streams,
 depthwise pairs, concatenated branches), the slice prior alone acting on the others; ``all``:
 every channel of every group (a plain conv's output channels too)."""
 
 
-def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled") -> ChannelGroups:
-    """The coupled channels of LilNetX ``model`` (a :class:`~lilnetx.core.model.LilNetXModel`)
-    traced on ``example`` (a batch shaped like the input, N x C x H x W), in ``scope`` (one of
-    :data:`SCOPES`). Requires ``torch_pruning``."""
+def check_scope(scope: str) -> str:
+    """``scope`` when it is one of :data:`SCOPES`, else a :class:`~lilnetx.errors.ConfigError`."""
     if scope not in SCOPES:
         from lilnetx.errors import ConfigError
 
         raise ConfigError(f"channel_scope must be one of {', '.join(SCOPES)}, but got "
                           f"{str(scope)[:40]!r}")
+    return scope
+
+
+def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled") -> ChannelGroups:
+    """The coupled channels of LilNetX ``model`` (a :class:`~lilnetx.core.model.LilNetXModel`)
+    traced on ``example`` (a batch shaped like the input, N x C x H x W), in ``scope`` (one of
+    :data:`SCOPES`). Requires ``torch_pruning``."""
+    check_scope(scope)
     from lilnetx.core.model import decode
     from lilnetx.deploy.slimming import _channel_groups as channel_groups
+    from lilnetx.deploy.slimming import _is_reader
 
     plain = decode(model).eval()
     dg, groups = channel_groups(plain, example.detach().cpu())
@@ -116,7 +119,7 @@ def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled") -
             if name not in latent or not isinstance(module, nn.Conv2d | nn.Linear):
                 continue
             out_side = dg.is_out_channel_pruning_fn(fn)
-            if not out_side and not (dg.is_in_channel_pruning_fn(fn) and _reads_dense(module)):
+            if not out_side and not (dg.is_in_channel_pruning_fn(fn) and _is_reader(module)):
                 continue
             shape = tuple(module.weight.shape)
             per_out = module.weight[0].numel()
