@@ -242,47 +242,46 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, what:
 
 
 @contextlib.contextmanager
+def server_process(cmd: list[str], cwd: Path, log: Path):
+    """``cmd`` in its own process group, output to ``log``; yields (proc, start time); stopped
+    by PID on the way out."""
+    proc = None
+    try:
+        with open(log, "wb") as f:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, cwd=cwd, env=child_env(), stdout=f,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        yield proc, t0
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
 def mlflow_server(db_uri: str, tmp: Path):
     """``mlflow server`` (1 worker, no artifact proxy) on a free loopback port; yields
     (uri, seconds until /health answered)."""
     port, log = free_port(), tmp / "mlflow-server.log"
     art = tmp / "server-artifacts"
     art.mkdir(exist_ok=True)
-    proc = None
-    try:
-        with open(log, "wb") as f:
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(
-                [str(BIN / "mlflow"), "server", "--backend-store-uri", db_uri,
-                 "--default-artifact-root", art.as_uri(), "--no-serve-artifacts",
-                 "--host", HOST, "--port", str(port), "--workers", "1"],
-                cwd=tmp, env=child_env(), stdout=f, stderr=subprocess.STDOUT,
-                start_new_session=True)
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", db_uri,
+           "--default-artifact-root", art.as_uri(), "--no-serve-artifacts",
+           "--host", HOST, "--port", str(port), "--workers", "1"]
+    with server_process(cmd, tmp, log) as (proc, t0):
         uri = f"http://{HOST}:{port}"
         wait_http(f"{uri}/health", proc, log, 180, "mlflow server")
         yield uri, time.perf_counter() - t0
-    finally:
-        stop(proc)
 
 
 @contextlib.contextmanager
 def dashboard_server(uri: str, tmp: Path, tag: str):
-    """``lilnetx dashboard`` on a free loopback port; yields (url, proc, start time)."""
+    """``lilnetx dashboard`` on a free loopback port; yields (url, proc, start time, log)."""
     port, log = free_port(), tmp / f"dashboard-{tag}.log"
     cwd = tmp / f"dashboard-{tag}"
     cwd.mkdir(exist_ok=True)
-    proc = None
-    try:
-        with open(log, "wb") as f:
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(
-                [str(BIN / "lilnetx"), "dashboard", "--tracking-uri", uri, "--experiment",
-                 EXPERIMENT, "--host", HOST, "--port", str(port)],
-                cwd=cwd, env=child_env(), stdout=f, stderr=subprocess.STDOUT,
-                start_new_session=True)
+    cmd = [str(BIN / "lilnetx"), "dashboard", "--tracking-uri", uri, "--experiment",
+           EXPERIMENT, "--host", HOST, "--port", str(port)]
+    with server_process(cmd, cwd, log) as (proc, t0):
         yield f"http://{HOST}:{port}/", proc, t0, log
-    finally:
-        stop(proc)
 
 
 # --------------------------------------------------------------------- in-process timings
