@@ -41,11 +41,11 @@ TARGET_SPEEDUP = 2.0
 TARGET_MAC_GAP = 1.3
 TARGET_ACC_POINTS = 1.0
 FULL = {"epochs": 5, "limit": 12000, "batch_size": 128, "lr": 2e-2, "lambda_sparsity": 1e-6,
-        "lambda_rate": 1e-4, "channel_scope": "coupled",
+        "lambda_rate": 1e-4, "channel_scope": "coupled", "channel_finetune": 0.0,
         "channels": [0.0, 1e-4, 3e-4, 1e-3, 3e-3], "rounds": 25, "block": 3}
 QUICK = {"epochs": 1, "limit": 600, "batch_size": 128, "lr": 2e-2, "lambda_sparsity": 1e-6,
-         "lambda_rate": 1e-4, "channel_scope": "coupled", "channels": [0.0, 1e-3], "rounds": 3,
-         "block": 2}
+         "lambda_rate": 1e-4, "channel_scope": "coupled", "channel_finetune": 0.0,
+         "channels": [0.0, 1e-3], "rounds": 3, "block": 2}
 BATCHES = (1, 64)
 
 
@@ -59,7 +59,9 @@ def train_one(lam: float, settings: dict, out_dir: Path, seed: int) -> dict:
     cfg = TrainConfig(epochs=settings["epochs"], batch_size=settings["batch_size"],
                       lr=settings["lr"], lambda_sparsity=settings["lambda_sparsity"],
                       lambda_rate=settings["lambda_rate"], lambda_channel=lam,
-                      channel_scope=settings["channel_scope"], seed=seed, device="cpu")
+                      channel_scope=settings["channel_scope"],
+                      channel_finetune=settings.get("channel_finetune", 0.0), seed=seed,
+                      device="cpu")
     t0 = time.perf_counter()
     outcome = run(RunSpec(model="resnet20", dataset="fashion_mnist", limit=settings["limit"],
                           train=cfg))
@@ -68,11 +70,25 @@ def train_one(lam: float, settings: dict, out_dir: Path, seed: int) -> dict:
     summary = finalize(outcome, str(path), latency=False)
     keep = ("accuracy", "val_accuracy", "size_bytes", "slice_sparsity", "channel_sparsity",
             "flops", "dense_flops")
+    removed = [h["channels_removed"] for h in outcome.result.history if "channels_removed" in h]
     res = {"lambda_channel": lam, "path": str(path), "train_seconds": seconds,
-           "settings": settings,
+           "settings": settings, "removed_at_switch": removed[0] if removed else None,
            **{k: float(summary[k]) for k in keep if k in summary}}
     (out_dir / f"channel-{lam:g}.json").write_text(json.dumps(res))
     return res
+
+
+def _same_training(lam: float, kept: dict | None, settings: dict) -> bool:
+    """Whether a kept training of ``lambda_channel = lam`` is the one ``settings`` asks for
+    (without the prior, ``channel_finetune`` changes nothing)."""
+    if kept is None:
+        return False
+    if lam == 0:
+        drop = ("channel_finetune", "channels")
+        return {k: v for k, v in kept.items() if k not in drop} == {
+            k: v for k, v in settings.items() if k not in drop}
+    return {k: v for k, v in kept.items() if k != "channels"} == {
+        k: v for k, v in settings.items() if k != "channels"}
 
 
 def train_all(settings: dict, out_dir: Path, seed: int, jobs: int) -> list[dict]:
@@ -84,7 +100,8 @@ def train_all(settings: dict, out_dir: Path, seed: int, jobs: int) -> list[dict]
         while todo and len(running) < jobs:
             lam = todo.pop(0)
             kept = out_dir / f"channel-{lam:g}.json"
-            if kept.exists() and json.loads(kept.read_text()).get("settings") == settings:
+            if kept.exists() and _same_training(lam, json.loads(kept.read_text()).get(
+                    "settings"), settings):
                 done.append(json.loads(kept.read_text()))  # trained by an earlier run
                 continue
             cmd = [sys.executable, __file__, "--train-one", str(lam), "--dir", str(out_dir),
@@ -211,14 +228,20 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
     base = rows[0]
     lines = [
         "## Coupled-channel group prior: slim speedup (`lambda_channel`, channel_scope "
-        f"{settings['channel_scope']})", "",
+        f"{settings['channel_scope']}" + (f", channel_finetune {settings['channel_finetune']:g}"
+                                          if settings.get("channel_finetune") else "")
+        + ")", "",
         machine_line(), f"Load average before / after: {info['load_before']} / "
         f"{info['load_after']}.", "", "Reproduce:", "", "```",
         command_line("benchmarks/channel_prior.py", argv), "```", "",
         f"ResNet-20 (width 1) on Fashion-MNIST, {settings['limit']:,} training images, "
         f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {settings['lr']:g}, "
         f"lambda_rate {settings['lambda_rate']:g}, lambda_sparsity "
-        f"{settings['lambda_sparsity']:g}, channel_scope {settings['channel_scope']}, seed "
+        f"{settings['lambda_sparsity']:g}, channel_scope {settings['channel_scope']}, "
+        f"channel_finetune {settings.get('channel_finetune', 0):g}"
+        + (" (the prior on the first part of the steps, then the channels it removed held at "
+           "zero and the rest fine-tuned without it)" if settings.get("channel_finetune")
+           else "") + ", seed "
         f"{info['seed']}, one torch thread per training "
         f"(two at a time); one training per `lambda_channel`, everything else equal. Latency: "
         f"{settings['rounds']} interleaved rounds x {settings['block']} passes of the dense and "
@@ -296,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--channels", type=float, nargs="+", default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--scope", dest="channel_scope", choices=("coupled", "all"), default=None)
+    ap.add_argument("--finetune", dest="channel_finetune", type=float, default=None,
+                    help="channel_finetune of the trainings with the prior (default 0)")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
@@ -312,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         train_one(args.train_one, json.loads(args.settings), Path(args.dir), args.seed)
         return 0
     settings = dict(QUICK if args.quick else FULL)
-    for k in ("channels", "epochs", "limit", "channel_scope"):
+    for k in ("channels", "epochs", "limit", "channel_scope", "channel_finetune"):
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)
     if 0.0 not in settings["channels"]:
@@ -354,6 +379,8 @@ def _report(rows, settings, args, argv, info) -> int:
     settings = {**settings, "channel_scope": scope}
     # another budget than the default gets a section (and a plot) of its own
     tag = scope if settings["epochs"] == FULL["epochs"] else f"{scope}_{settings['epochs']}ep"
+    if settings.get("channel_finetune"):
+        tag += f"_ft{settings['channel_finetune']:g}"
     if args.out:
         plot(rows, Path(str(PLOT).format(scope=tag)))
     publish(markdown(rows, settings, args.threads, argv, info).replace(

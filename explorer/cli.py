@@ -48,6 +48,19 @@ def _nonneg_float(name: str) -> Callable[[str], float]:
     return parse
 
 
+def _fraction(name: str) -> Callable[[str], float]:
+    """A number in [0, 1)."""
+    nonneg = _nonneg_float(name)
+
+    def parse(text: str) -> float:
+        v = nonneg(text)
+        if not v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be in [0, 1), but got {text}")
+        return v
+
+    return parse
+
+
 def _pos_int(name: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -92,6 +105,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     t.add_argument("--channel-scope", choices=("coupled", "all"), default="coupled",
                    help="channels the prior acts on: those several layers write (residual "
                    "streams), or every channel")
+    t.add_argument("--channel-finetune", type=_fraction("--channel-finetune"), default=0.0,
+                   help="fraction of the steps, at the end, that fine-tune without the "
+                   "channel prior, the channels it removed held at zero (default 0)")
     t.add_argument("--warmup-epochs", type=_nonneg_float("--warmup-epochs"), default=None)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--rate-table", type=int, default=None,
@@ -284,7 +300,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, prior_lr=args.prior_lr,
         lambda_rate=args.lambda_rate, lambda_sparsity=args.lambda_sparsity,
         lambda_l2=args.lambda_l2, lambda_channel=args.lambda_channel,
-        channel_scope=args.channel_scope,
+        channel_scope=args.channel_scope, channel_finetune=args.channel_finetune,
         warmup_epochs=args.warmup_epochs, seed=args.seed,
         device=args.device,
         **({} if args.rate_table is None else {"rate_table": args.rate_table}))

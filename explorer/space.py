@@ -20,8 +20,8 @@ from .pareto import search_metric
 from .safe_yaml import clip, load_file, show
 
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "prior_lr", "lambda_rate", "lambda_sparsity",
-              "lambda_l2", "lambda_channel", "channel_scope", "warmup_epochs", "seed",
-              "rate_table")
+              "lambda_l2", "lambda_channel", "channel_scope", "channel_finetune", "warmup_epochs",
+              "seed", "rate_table")
 """Hyperparameters of :class:`lilnetx.TrainConfig` a space may fix or search."""
 SPEC_KEYS = ("width", "limit", "val_fraction")
 """Hyperparameters of :class:`lilnetx.experiment.RunSpec` a space may fix or search."""
@@ -360,6 +360,8 @@ def _check_param(path: str, key: str, spec: Any) -> None:
             raise ConfigError(f"{path}: must be positive, but got {show(v)}")
         if v < 0:
             raise ConfigError(f"{path}: must be non-negative, but got {show(v)}")
+        if key == "channel_finetune" and not v < 1:
+            raise ConfigError(f"{path}: must be in [0, 1), but got {show(v)}")
         if key == "val_fraction" and not v < 0.5:
             raise ConfigError(f"{path}: must be in [0, 0.5), but got {show(v)}")
         if mparam is not None:

@@ -2,7 +2,10 @@
 
 ``L = CE + lambda_rate * bits / N_rows + lambda_l2 * ||W~||^2 + lambda_sparsity * sum ||slice||_2``
 ``+ lambda_channel * P_channel`` (the coupled-channel prior of :mod:`lilnetx.core.channel_prior`,
-our extension, off by default).
+our extension, off by default). With ``channel_finetune`` > 0 the prior acts on the first
+``1 - channel_finetune`` of the steps only; then the channels it has removed (every reading slice
+rounds to zero) are held at zero and the rest of the run fine-tunes without it, which undoes the
+lasso's shrinkage of the channels that stay.
 
 Latents, decoders, BatchNorm and biases use Adam at ``lr`` with a linear warmup from 1e-6 and a
 cosine decay to 0 (per iteration); the probability models use Adam at a constant ``prior_lr``.
@@ -15,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +66,7 @@ class TrainConfig:
     lambda_l2: float = 1e-6
     lambda_channel: float = 0.0
     channel_scope: str = "coupled"
+    channel_finetune: float = 0.0
     warmup_epochs: float | None = None
     seed: int = 0
     device: str | None = None
@@ -82,6 +86,10 @@ class TrainConfig:
         from lilnetx.core.channel_prior import check_scope
 
         check_scope(self.channel_scope)
+        f = self.channel_finetune
+        if isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f < 1:
+            raise ConfigError(f"channel_finetune must be a fraction in [0, 1), but got "
+                              f"{str(f)[:40]}")
         if isinstance(self.rate_table, bool) or not isinstance(self.rate_table, int) or not (
                 self.rate_table == 0 or 2 <= self.rate_table <= MAX_POINTS):
             raise ConfigError(f"rate_table must be 0 (exact) or an integer in 2..{MAX_POINTS}, "
@@ -211,6 +219,44 @@ def _accuracy(model: nn.Module, batches) -> float:
     return int(correct) / max(total, 1)
 
 
+class _ChannelFinetune:
+    """The two phases of ``cfg.channel_finetune``: the coupled-channel prior until step
+    ``start``, then the channels it removed held at zero and the prior off."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, total: int):
+        active = (isinstance(model, LilNetXModel) and cfg.lambda_channel > 0
+                  and cfg.channel_finetune > 0)
+        self.model, self.cfg = model, cfg
+        self.start = total - int(round(cfg.channel_finetune * total)) if active else None
+        self.held: dict[str, torch.Tensor] | None = None
+        self.removed: int | None = None  # channels held at zero (read once, at the switch)
+
+    def before(self, it: int) -> TrainConfig:
+        """The loss configuration of iteration ``it`` (switching phases when it is due)."""
+        if self.start is None or it < self.start:
+            return self.cfg
+        if self.held is None:
+            from lilnetx.core.channel_prior import held_entries, hold_at_zero, unread_channels
+
+            layers = dict(self.model.latent_layers())
+            groups = self.model.channel_groups
+            groups = groups.to(next(iter(layers.values())).latent.device)
+            dead = unread_channels(layers, groups)
+            self.held = held_entries(groups, dead)
+            self.removed = int(dead.sum())  # one host read, once per run
+            hold_at_zero(layers, self.held)
+            self._layers = layers
+            self._finetune_cfg = replace(self.cfg, lambda_channel=0.0)
+        return self._finetune_cfg
+
+    def after(self) -> None:
+        """After an optimizer step: removed channels back to exactly zero."""
+        if self.held is not None:
+            from lilnetx.core.channel_prior import hold_at_zero
+
+            hold_at_zero(self._layers, self.held)
+
+
 def fit(
     model: nn.Module,
     splits: DataSplits,
@@ -250,6 +296,7 @@ def fit(
     warm_epochs = cfg.warmup_epochs if cfg.warmup_epochs is not None else min(5.0, cfg.epochs / 10)
     warmup = int(round(warm_epochs * steps))
     opts = make_optimizers(model, cfg)
+    finetune = _ChannelFinetune(model, cfg, total)
     peak = base_lr(model, cfg)
     schedule = schedule or (lambda step, n: lr_factor(step, n, warmup, peak))
     result = TrainResult()
@@ -273,14 +320,16 @@ def fit(
                 lr = schedule(it, total)
                 for g in opts[0].param_groups:
                     g["lr"] = lr
+                step_cfg = finetune.before(it)
                 logits = model(x)
-                terms = joint_loss(model, logits, y, cfg)
+                terms = joint_loss(model, logits, y, step_cfg)
                 loss = terms["loss"]
                 for o in opts:
                     o.zero_grad(set_to_none=True)
                 loss.backward()
                 for o in opts:
                     o.step()
+                finetune.after()
                 if after_step is not None:
                     after_step()
                 it += 1
@@ -306,6 +355,8 @@ def fit(
             correct = int(correct)
             row = {"epoch": epoch + epoch_offset, "learning_rate": lr, "train_accuracy": correct / max(seen, 1)}
             row.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items() if k in terms})
+            if finetune.removed is not None:
+                row["channels_removed"] = finetune.removed
             row["val_accuracy"] = _accuracy(model, val_batches)
             if isinstance(model, LilNetXModel):
                 model.eval()

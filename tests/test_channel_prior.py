@@ -169,3 +169,77 @@ def test_a_space_may_search_the_scope(tmp_path):
     path.write_text(path.read_text().replace("coupled, all", "coupled, some"))
     with pytest.raises(ConfigError, match="channel_scope"):
         load_space(str(path))
+
+
+def test_unread_channels_are_those_whose_every_reading_entry_rounds_to_zero():
+    from lilnetx.core.channel_prior import held_entries, hold_at_zero, unread_channels
+
+    model = resnet(width=0.5)
+    g = build_channel_groups(model, torch.randn(2, 3, 32, 32), "coupled")
+    layers = dict(model.latent_layers())
+    assert not unread_channels(layers, g).any()
+    # zero every entry through which channel 3 is read (not those that write it), and push
+    # channel 5's readers just under the rounding threshold
+    with torch.no_grad():
+        for name, side, idx in g.members[3]:
+            if side == "in":
+                layers[name].latent.reshape(layers[name].weight_shape)[:, idx] = 0.0
+        for name, side, idx in g.members[5]:
+            if side == "in":
+                w = layers[name].latent.reshape(layers[name].weight_shape)
+                w[:, idx] = 0.49 * torch.sign(w[:, idx])
+    dead = unread_channels(layers, g)
+    assert dead.nonzero().flatten().tolist() == [3, 5]
+    held = held_entries(g, dead)
+    assert sum(v.numel() for v in held.values()) == int(g.sizes[3] + g.sizes[5])
+    hold_at_zero(layers, held)
+    for c in (3, 5):  # written and read entries of the two channels: exactly zero now
+        for name, side, idx in g.members[c]:
+            w = layers[name].latent.reshape(layers[name].weight_shape)
+            assert (w[idx] if side == "out" else w[:, idx]).eq(0).all()
+    assert layers["conv1"].latent.ne(0).any()
+
+
+def test_channel_finetune_holds_removed_channels_at_zero_and_slim_drops_them(digits):
+    import lilnetx
+    from lilnetx.core.channel_prior import unread_channels
+    from lilnetx.train import fit
+
+    torch.manual_seed(0)
+    model = convert(create_model("resnet20", in_channels=1, image_size=8, num_classes=10,
+                                 width=0.5))
+    # a high lr moves the latents (initial magnitudes up to ~3) to zero within a few epochs
+    cfg = TrainConfig(epochs=6, batch_size=64, lr=0.2, lambda_channel=3e-3,
+                      channel_finetune=0.5, device="cpu")
+    result = fit(model, digits, cfg)
+    removed = [h["channels_removed"] for h in result.history if "channels_removed" in h]
+    assert removed and removed[0] > 0, result.history
+    assert "channels_removed" not in result.history[2]  # the switch is in the fourth epoch
+    assert result.history[-1]["train_accuracy"] > result.history[2]["train_accuracy"]
+    layers = dict(model.latent_layers())
+    dead = unread_channels(layers, model.channel_groups.to("cpu"))
+    assert int(dead.sum()) >= removed[0]  # still removed after the fine-tuning steps
+    x = torch.as_tensor(digits.test[0][0]).unsqueeze(0).repeat(4, 1, 1, 1)
+    dense = lilnetx.decode(model).eval()
+    slim = lilnetx.slim(model, x)
+    before = sum(m.out_channels for n, m in dense.named_modules() if n.endswith("conv2"))
+    after = sum(m.out_channels for n, m in slim.named_modules() if n.endswith("conv2"))
+    assert after < before
+    with torch.no_grad():
+        torch.testing.assert_close(slim(x), dense(x), rtol=1e-4, atol=1e-4)
+
+
+def test_channel_finetune_is_a_fraction_and_searchable(tmp_path):
+    from explorer.space import load_space
+
+    for bad in (1.0, -0.1, "half", True):
+        with pytest.raises(ConfigError, match="channel_finetune"):
+            TrainConfig(channel_finetune=bad).validate()
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nmodel: lenet5\ndataset: digits\nmethod: lilnetx\n"
+                    "objectives: {accuracy: max, size_bytes: min}\n"
+                    "params: {lambda_channel: 1.0e-3, channel_finetune: {uniform: [0.2, 0.6]}}\n")
+    assert "channel_finetune" in load_space(str(path)).searched()
+    path.write_text(path.read_text().replace("[0.2, 0.6]", "[0.2, 1.5]"))
+    with pytest.raises(ConfigError, match="channel_finetune"):
+        load_space(str(path))

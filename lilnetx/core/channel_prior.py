@@ -50,15 +50,18 @@ class ChannelGroups:
         sizes: float tensor ``(channels,)``, the entries of each channel.
         groups: number of dependency groups; ``channels``: number of coupled channels.
         members: per channel id, ``[(layer name, "out"|"in", index)]`` (for reports and tests).
+        reads: per name, a BoolTensor (same length as ``entries``): the entry belongs to a slice
+            through which its layer reads the channel (``weight[:, c]``), not only writes it.
     """
 
-    def __init__(self, names, entries, channel, sizes, groups, members):
+    def __init__(self, names, entries, channel, sizes, groups, members, reads):
         self.names = names
         self.entries = entries
         self.channel = channel
         self.sizes = sizes
         self.groups = groups
         self.members = members
+        self.reads = reads
 
     @property
     def channels(self) -> int:
@@ -67,7 +70,8 @@ class ChannelGroups:
     def to(self, device) -> ChannelGroups:
         return ChannelGroups(self.names, {k: v.to(device) for k, v in self.entries.items()},
                              {k: v.to(device) for k, v in self.channel.items()},
-                             self.sizes.to(device), self.groups, self.members)
+                             self.sizes.to(device), self.groups, self.members,
+                             {k: v.to(device) for k, v in self.reads.items()})
 
 
 SCOPES = ("coupled", "all")
@@ -131,16 +135,21 @@ def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled") -
                 members[cid].append((name, "out" if out_side else "in", idx))
                 e = (torch.arange(idx * per_out, (idx + 1) * per_out) if out_side
                      else reads + idx * inner)
-                parts.setdefault(name, []).append((torch.full_like(e, cid), e))
+                parts.setdefault(name, []).append(
+                    (torch.full_like(e, cid), e, torch.full(e.shape, not out_side)))
     names = [n for n in latent if n in parts]
-    entries, channel = {}, {}
+    entries, channel, reads = {}, {}, {}
     sizes = torch.zeros(len(members))
     for n in names:
-        cids = torch.cat([c for c, _ in parts[n]])
-        es = torch.cat([e for _, e in parts[n]])
+        cids = torch.cat([c for c, _, _ in parts[n]])
+        es = torch.cat([e for _, e, _ in parts[n]])
         numel = latent[n].latent.numel()
-        key = torch.unique(cids * numel + es)  # an entry counts once per channel; sorted
+        raw = cids * numel + es
+        key = torch.unique(raw)  # an entry counts once per channel; sorted
         channel[n], entries[n] = key // numel, key % numel
+        reads[n] = torch.zeros(key.numel(), dtype=torch.bool)
+        inward = torch.cat([r for _, _, r in parts[n]])
+        reads[n][torch.searchsorted(key, raw[inward])] = True
         sizes.index_add_(0, channel[n], torch.ones(key.numel()))
     keep = sizes > 0  # channels without any latent entry (e.g. only BatchNorm) drop out
     if not bool(keep.all()):
@@ -148,7 +157,7 @@ def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled") -
         channel = {n: remap[c] for n, c in channel.items()}
         members = [m for m, k in zip(members, keep.tolist(), strict=True) if k]
         sizes = sizes[keep]
-    return ChannelGroups(names, entries, channel, sizes, len(groups), members)
+    return ChannelGroups(names, entries, channel, sizes, len(groups), members, reads)
 
 
 def channel_group_lasso(layers: dict[str, nn.Module], groups: ChannelGroups) -> torch.Tensor:
@@ -164,3 +173,34 @@ def channel_group_lasso(layers: dict[str, nn.Module], groups: ChannelGroups) -> 
     if sums is None:
         return torch.zeros(())
     return (groups.sizes.sqrt() * torch.sqrt(sums + _EPS)).sum()
+
+
+@torch.no_grad()
+def unread_channels(layers: dict[str, nn.Module], groups: ChannelGroups) -> torch.Tensor:
+    """BoolTensor ``(channels,)`` on the latents' device: the channels that some layer reads
+    through a latent slice and whose every reading entry rounds to zero, so that the slim export
+    (:func:`lilnetx.slim`) removes them. Computed on the device, no host synchronisation."""
+    device = groups.sizes.device
+    nonzero = torch.zeros(groups.channels, device=device)
+    readers = torch.zeros(groups.channels, device=device)
+    for n in groups.names:
+        lat = layers[n].latent.detach().reshape(-1).index_select(0, groups.entries[n])
+        r = groups.reads[n].to(lat.dtype)
+        readers.index_add_(0, groups.channel[n], r)
+        nonzero.index_add_(0, groups.channel[n], r * torch.round(lat).ne(0).to(lat.dtype))
+    return (readers > 0) & (nonzero == 0)
+
+
+def held_entries(groups: ChannelGroups, channels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per layer name, the flat latent indices of every entry (written or read) of the channels
+    selected by BoolTensor ``channels`` ``(channels,)``: what :func:`hold_at_zero` keeps at 0."""
+    return {n: groups.entries[n][channels[groups.channel[n]]] for n in groups.names}
+
+
+@torch.no_grad()
+def hold_at_zero(layers: dict[str, nn.Module], held: dict[str, torch.Tensor]) -> None:
+    """Set the latent entries ``held`` (from :func:`held_entries`) to exactly 0, in place: run
+    after every optimizer step of a fine-tuning phase, so removed channels stay removed (Adam's
+    moments would otherwise move them). One ``index_fill_`` per layer, no host synchronisation."""
+    for n, idx in held.items():
+        layers[n].latent.view(-1).index_fill_(0, idx, 0.0)
