@@ -30,6 +30,11 @@ once; a grouped conv that is not depthwise contributes its output slices only.
 The index is built once per model (from the decoded network's dependency graph; needs
 ``torch_pruning``) and the penalty is one gather and one scatter-add per layer:
 about two elementwise passes over the latents per step, no host synchronisation.
+
+A lasso pulls on the channels it keeps as well as on those it removes. For a fine-tuning phase
+(``TrainConfig.channel_finetune``), :func:`unread_channels` finds the channels the slim export
+would remove, :func:`held_entries` lists their latent entries and :func:`hold_at_zero` keeps them
+at zero after every optimizer step while the prior is off.
 """
 
 from __future__ import annotations
