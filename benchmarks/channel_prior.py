@@ -81,14 +81,12 @@ def train_one(lam: float, settings: dict, out_dir: Path, seed: int) -> dict:
 def _same_training(lam: float, kept: dict | None, settings: dict) -> bool:
     """Whether a kept training of ``lambda_channel = lam`` is the one ``settings`` asks for
     (without the prior, ``channel_finetune`` changes nothing)."""
-    if kept is None:
-        return False
-    if lam == 0:
-        drop = ("channel_finetune", "channels")
-        return {k: v for k, v in kept.items() if k not in drop} == {
-            k: v for k, v in settings.items() if k not in drop}
-    return {k: v for k, v in kept.items() if k != "channels"} == {
-        k: v for k, v in settings.items() if k != "channels"}
+    drop = {"channels", "channel_finetune"} if lam == 0 else {"channels"}
+
+    def trained(s: dict) -> dict:
+        return {k: v for k, v in s.items() if k not in drop}
+
+    return kept is not None and trained(kept) == trained(settings)
 
 
 def train_all(settings: dict, out_dir: Path, seed: int, jobs: int) -> list[dict]:
