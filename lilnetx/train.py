@@ -6,6 +6,9 @@ our extension, off by default). With ``channel_finetune`` > 0 the prior acts on 
 ``1 - channel_finetune`` of the steps only; then the channels it has removed (every reading slice
 rounds to zero) are held at zero and the rest of the run fine-tunes without it, which undoes the
 lasso's shrinkage of the channels that stay.
+With ``channel_solver="proximal"`` the prior is not in the loss: after every optimizer step the
+channels are shrunk by the proximal operator of ``lr * lambda_channel * P_channel``
+(:func:`lilnetx.core.channel_prior.group_shrink`).
 
 Latents, decoders, BatchNorm and biases use Adam at ``lr`` with a linear warmup from 1e-6 and a
 cosine decay to 0 (per iteration); the probability models use Adam at a constant ``prior_lr``.
@@ -54,7 +57,11 @@ class TrainConfig:
     short runs. ``lr=None`` means 1e-2 for a LilNetX model (its latents are integers) and 1e-3
     for a plain network. ``device=None`` picks CUDA when available. ``rate_table``: grid points
     per channel of the tabulated training rate (:mod:`lilnetx.core.rate_table`); 0 evaluates
-    the prior at every latent (the exact path).
+    the prior at every latent (the exact path). ``channel_solver``: ``gradient`` (the coupled-
+    channel prior as a loss term) or ``proximal`` (a shrink of ``lr * lambda_channel`` per step
+    after the optimizer step; :data:`lilnetx.core.channel_prior.SOLVERS`). ``channel_norm``:
+    the prior's channel norms in ``latent`` units or ``relative`` to each layer's scale
+    (:data:`lilnetx.core.channel_prior.NORMS`).
     """
 
     epochs: int = 5
@@ -67,6 +74,8 @@ class TrainConfig:
     lambda_channel: float = 0.0
     channel_scope: str = "coupled"
     channel_finetune: float = 0.0
+    channel_solver: str = "gradient"
+    channel_norm: str = "latent"
     warmup_epochs: float | None = None
     seed: int = 0
     device: str | None = None
@@ -83,9 +92,14 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, but got {self.lr}")
         if self.warmup_epochs is not None:
             check_nonnegative("warmup_epochs", self.warmup_epochs)
-        from lilnetx.core.channel_prior import check_scope
+        from lilnetx.core.channel_prior import check_norm, check_scope, check_solver
 
         check_scope(self.channel_scope)
+        check_solver(self.channel_solver)
+        check_norm(self.channel_norm)
+        if self.channel_solver == "proximal" and self.channel_norm != "latent":
+            raise ConfigError("channel_solver proximal shrinks channels in latent units: it "
+                              "needs channel_norm latent")
         f = self.channel_finetune
         if isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f < 1:
             raise ConfigError(f"channel_finetune must be a fraction in [0, 1), but got "
@@ -150,7 +164,7 @@ def joint_loss(
         out["slice"] = model.slice_penalty()
         loss = loss + cfg.lambda_sparsity * out["slice"]
     if cfg.lambda_channel > 0:
-        out["channel"] = model.channel_penalty()
+        out["channel"] = model.channel_penalty(norm=cfg.channel_norm)
         loss = loss + cfg.lambda_channel * out["channel"]
     if cfg.lambda_l2 > 0:
         out["l2"] = model.l2_penalty()
@@ -219,42 +233,56 @@ def _accuracy(model: nn.Module, batches) -> float:
     return int(correct) / max(total, 1)
 
 
-class _ChannelFinetune:
-    """The two phases of ``cfg.channel_finetune``: the coupled-channel prior until step
-    ``start``, then the channels it removed held at zero and the prior off."""
+class _ChannelPrior:
+    """How the coupled-channel prior acts during a run: in the loss (``channel_solver``
+    ``gradient``) or as a proximal shrink after every optimizer step (``proximal``), and, with
+    ``channel_finetune``, until step ``start`` only, after which the channels it removed are
+    held at zero and the prior is off."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, total: int):
-        active = (isinstance(model, LilNetXModel) and cfg.lambda_channel > 0
-                  and cfg.channel_finetune > 0)
+        self.on = isinstance(model, LilNetXModel) and cfg.lambda_channel > 0
         self.model, self.cfg = model, cfg
-        self.start = total - int(round(cfg.channel_finetune * total)) if active else None
+        self.proximal = self.on and cfg.channel_solver == "proximal"
+        self.start = (total - int(round(cfg.channel_finetune * total))
+                      if self.on and cfg.channel_finetune > 0 else None)
         self.held: dict[str, torch.Tensor] | None = None
         self.removed: int | None = None  # channels held at zero (read once, at the switch)
+        self._off = replace(cfg, lambda_channel=0.0)
+        if self.on:
+            self._layers = dict(model.latent_layers())
+
+    def _groups(self):
+        groups = self.model.channel_groups
+        device = next(iter(self._layers.values())).latent.device
+        if groups.sizes.device != device:
+            groups = self.model.channel_groups = groups.to(device)
+        return groups
 
     def before(self, it: int) -> TrainConfig:
         """The loss configuration of iteration ``it`` (switching phases when it is due)."""
+        self.shrinking = self.proximal and (self.start is None or it < self.start)
         if self.start is None or it < self.start:
-            return self.cfg
+            return self._off if self.proximal else self.cfg
         if self.held is None:
             from lilnetx.core.channel_prior import held_entries, hold_at_zero, unread_channels
 
-            layers = dict(self.model.latent_layers())
-            groups = self.model.channel_groups
-            groups = groups.to(next(iter(layers.values())).latent.device)
-            dead = unread_channels(layers, groups)
-            self.held = held_entries(groups, dead)
+            dead = unread_channels(self._layers, self._groups())
+            self.held = held_entries(self._groups(), dead)
             self.removed = int(dead.sum())  # one host read, once per run
-            hold_at_zero(layers, self.held)
-            self._layers = layers
-            self._finetune_cfg = replace(self.cfg, lambda_channel=0.0)
-        return self._finetune_cfg
+            hold_at_zero(self._layers, self.held)
+        return self._off
 
-    def after(self) -> None:
-        """After an optimizer step: removed channels back to exactly zero."""
+    def after(self, lr: float) -> None:
+        """After an optimizer step at learning rate ``lr``: the proximal shrink of the prior
+        phase, or the removed channels back to exactly zero in the fine-tuning phase."""
         if self.held is not None:
             from lilnetx.core.channel_prior import hold_at_zero
 
             hold_at_zero(self._layers, self.held)
+        elif self.on and self.shrinking:
+            from lilnetx.core.channel_prior import group_shrink
+
+            group_shrink(self._layers, self._groups(), lr * self.cfg.lambda_channel)
 
 
 def fit(
@@ -296,7 +324,7 @@ def fit(
     warm_epochs = cfg.warmup_epochs if cfg.warmup_epochs is not None else min(5.0, cfg.epochs / 10)
     warmup = int(round(warm_epochs * steps))
     opts = make_optimizers(model, cfg)
-    finetune = _ChannelFinetune(model, cfg, total)
+    channel = _ChannelPrior(model, cfg, total)
     peak = base_lr(model, cfg)
     schedule = schedule or (lambda step, n: lr_factor(step, n, warmup, peak))
     result = TrainResult()
@@ -320,7 +348,7 @@ def fit(
                 lr = schedule(it, total)
                 for g in opts[0].param_groups:
                     g["lr"] = lr
-                step_cfg = finetune.before(it)
+                step_cfg = channel.before(it)
                 logits = model(x)
                 terms = joint_loss(model, logits, y, step_cfg)
                 loss = terms["loss"]
@@ -329,7 +357,7 @@ def fit(
                 loss.backward()
                 for o in opts:
                     o.step()
-                finetune.after()
+                channel.after(lr)
                 if after_step is not None:
                     after_step()
                 it += 1
@@ -355,8 +383,8 @@ def fit(
             correct = int(correct)
             row = {"epoch": epoch + epoch_offset, "learning_rate": lr, "train_accuracy": correct / max(seen, 1)}
             row.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items() if k in terms})
-            if finetune.removed is not None:
-                row["channels_removed"] = finetune.removed
+            if channel.removed is not None:
+                row["channels_removed"] = channel.removed
             row["val_accuracy"] = _accuracy(model, val_batches)
             if isinstance(model, LilNetXModel):
                 model.eval()

@@ -243,3 +243,130 @@ def test_channel_finetune_is_a_fraction_and_searchable(tmp_path):
     path.write_text(path.read_text().replace("[0.2, 0.6]", "[0.2, 1.5]"))
     with pytest.raises(ConfigError, match="channel_finetune"):
         load_space(str(path))
+
+
+def channel_rms(layers, groups) -> torch.Tensor:
+    """Root mean square of every channel's entries, from the members list (weight layout)."""
+    out = []
+    for members in groups.members:
+        seen = {}
+        for name, side, idx in members:
+            w = layers[name].latent.detach().reshape(layers[name].weight_shape)
+            ids = torch.arange(w.numel()).reshape(w.shape)
+            for i in (ids[idx] if side == "out" else ids[:, idx]).reshape(-1).tolist():
+                seen[(name, i)] = float(layers[name].latent.detach().reshape(-1)[i])
+        out.append(math.sqrt(sum(v * v for v in seen.values()) / len(seen)))
+    return torch.tensor(out)
+
+
+def test_group_shrink_is_the_proximal_step_of_the_group_lasso():
+    from lilnetx.core.channel_prior import group_shrink
+
+    model = resnet(width=0.5)
+    g = build_channel_groups(model, torch.randn(2, 3, 32, 32), "coupled")
+    layers = dict(model.latent_layers())
+    before = {n: m.latent.detach().clone().reshape(-1) for n, m in layers.items()}
+    rms = channel_rms(layers, g)
+    step = float(rms.median())  # half the channels go to exactly zero
+    factor = torch.clamp(1 - step / rms, min=0)
+    # the expected result: every entry times the factor of each channel it belongs to
+    expected = {n: v.clone() for n, v in before.items()}
+    for c, members in enumerate(g.members):
+        done = set()
+        for name, side, idx in members:
+            w = torch.arange(before[name].numel()).reshape(layers[name].weight_shape)
+            for i in (w[idx] if side == "out" else w[:, idx]).reshape(-1).tolist():
+                if (name, i) not in done:
+                    done.add((name, i))
+                    expected[name][i] *= factor[c]
+    group_shrink(layers, g, step)
+    for n, m in layers.items():
+        torch.testing.assert_close(m.latent.detach().reshape(-1), expected[n])
+    after = channel_rms(layers, g)
+    assert after[rms <= step].eq(0).all() and after[rms > step].gt(0).all()
+    # an entry of two coupled channels (the downsampling shortcut writes one and reads another)
+    # shows both factors; a channel's own rms drops by `step` when no other channel touches it
+    group_shrink(layers, g, 0.0)  # a zero step changes nothing
+    for n, m in layers.items():
+        torch.testing.assert_close(m.latent.detach().reshape(-1), expected[n])
+
+
+@pytest.mark.parametrize("solver", ["gradient", "proximal"])
+def test_channel_solver_removes_channels_and_slim_drops_them(digits, solver):
+    import lilnetx
+    from lilnetx.core.channel_prior import unread_channels
+    from lilnetx.train import fit
+
+    torch.manual_seed(0)
+    model = convert(create_model("resnet20", in_channels=1, image_size=8, num_classes=10,
+                                 width=0.5))
+    lam = {"gradient": 3e-3, "proximal": 1.0}[solver]
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.2, lambda_channel=lam,
+                      channel_solver=solver, device="cpu")
+    fit(model, digits, cfg)
+    layers = dict(model.latent_layers())
+    dead = unread_channels(layers, model.channel_groups.to("cpu"))
+    assert int(dead.sum()) > 0
+    if solver == "proximal":  # the prox sets whole channels to exactly zero
+        rms = channel_rms(layers, model.channel_groups)
+        assert int(rms.eq(0).sum()) > 0
+    x = torch.as_tensor(digits.test[0][0]).unsqueeze(0).repeat(4, 1, 1, 1)
+    slim = lilnetx.slim(model, x)
+    dense = lilnetx.decode(model).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(slim(x), dense(x), rtol=1e-4, atol=1e-4)
+
+
+def test_channel_solver_is_validated_and_searchable(tmp_path):
+    from explorer.space import load_space
+
+    with pytest.raises(ConfigError, match="channel_solver"):
+        TrainConfig(channel_solver="adam").validate()
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nmodel: lenet5\ndataset: digits\nmethod: lilnetx\n"
+                    "objectives: {accuracy: max, size_bytes: min}\n"
+                    "params: {lambda_channel: 0.1, "
+                    "channel_solver: {choice: [gradient, proximal]}}\n")
+    assert "channel_solver" in load_space(str(path)).searched()
+    path.write_text(path.read_text().replace("gradient, proximal", "gradient, newton"))
+    with pytest.raises(ConfigError, match="channel_solver"):
+        load_space(str(path))
+
+
+def test_relative_norm_is_invariant_to_a_layers_scale_and_spares_big_channels():
+    model = resnet(width=0.5)
+    g = build_channel_groups(model, torch.randn(2, 3, 32, 32), "coupled")
+    layers = dict(model.latent_layers())
+    p = channel_group_lasso(layers, g, "relative")
+    latent_units = channel_group_lasso(layers, g)
+    with torch.no_grad():
+        for name in g.names[:3]:  # a layer's scale (BatchNorm undoes it) changes nothing
+            layers[name].latent.mul_(0.25)
+    torch.testing.assert_close(channel_group_lasso(layers, g, "relative"), p)
+    assert channel_group_lasso(layers, g) < latent_units - 100  # in latent units it does
+    # within one layer it is an L1/L2 ratio: the gradient pulls small channels toward zero and
+    # pushes the biggest one away from it
+    lat = layers[g.names[0]].latent
+    lat.grad = None
+    channel_group_lasso(layers, g, "relative").backward()
+    with torch.no_grad():
+        outward = (lat.grad * lat).reshape(-1)  # < 0: the gradient step grows the entry
+    assert (outward < 0).any() and (outward > 0).any()
+    with pytest.raises(ConfigError, match="channel_norm"):
+        TrainConfig(channel_norm="unit").validate()
+    with pytest.raises(ConfigError, match="channel_norm latent"):
+        TrainConfig(channel_solver="proximal", channel_norm="relative").validate()
+
+
+def test_the_cli_offers_the_choices_the_library_knows():
+    from explorer.cli import build_parser
+    from lilnetx.core.channel_prior import NORMS, SCOPES, SOLVERS
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    opts = {a.dest: a for a in train._actions}
+    assert tuple(opts["channel_scope"].choices) == SCOPES
+    assert tuple(opts["channel_solver"].choices) == SOLVERS
+    assert tuple(opts["channel_norm"].choices) == NORMS
+    args = build_parser().parse_args(["train", "--model", "lenet5", "--dataset", "digits",
+                                      "--channel-solver", "proximal"])
+    assert args.channel_solver == "proximal" and args.channel_norm == "latent"

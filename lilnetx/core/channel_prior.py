@@ -68,6 +68,16 @@ class ChannelGroups:
         self.members = members
         self.reads = reads
 
+    def unique_parts(self, name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``[(entries, channel)]`` of layer ``name`` in two parts, the reading entries and
+        the others, each listing an entry at most once (an entry reads one channel at most and
+        writes one at most). Computed on the first call per device and kept."""
+        cache = self.__dict__.setdefault("_parts", {})
+        if name not in cache:
+            e, c, r = self.entries[name], self.channel[name], self.reads[name]
+            cache[name] = [(e[m], c[m]) for m in (r, ~r)]
+        return cache[name]
+
     @property
     def channels(self) -> int:
         return int(self.sizes.numel())
@@ -165,13 +175,41 @@ def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled") -
     return ChannelGroups(names, entries, channel, sizes, len(groups), members, reads)
 
 
-def channel_group_lasso(layers: dict[str, nn.Module], groups: ChannelGroups) -> torch.Tensor:
+NORMS = ("latent", "relative")
+"""The units of the prior's channel norms. ``latent``: latent units. A conv followed by
+BatchNorm computes the same function when all its weights are scaled alike, so in latent units
+the lasso can also be lowered by shrinking whole layers, which costs the task nothing in float
+but moves the latents toward the rounding threshold: the kept channels' slices round to zero
+(measured: 88-98% slice sparsity against 2-3% without the prior). ``relative``: every layer's
+entries divided by that layer's root mean square latent (differentiable), so the prior is
+invariant to a layer's scale; within a layer it is then an L1/L2 ratio of channel norms
+(Hoyer's sparsity measure, scale-invariant like DeepHoyer, Yang et al. 2020), which pushes the
+channels under a threshold toward zero and the others away from it."""
+
+
+def check_norm(norm: str) -> str:
+    """``norm`` when it is one of :data:`NORMS`, else a :class:`~lilnetx.errors.ConfigError`."""
+    if norm not in NORMS:
+        from lilnetx.errors import ConfigError
+
+        raise ConfigError(f"channel_norm must be one of {', '.join(NORMS)}, but got "
+                          f"{str(norm)[:40]!r}")
+    return norm
+
+
+def channel_group_lasso(layers: dict[str, nn.Module], groups: ChannelGroups,
+                        norm: str = "latent") -> torch.Tensor:
     """The prior's value (unitless scalar tensor, differentiable in the latents): the
     size-weighted group lasso of the module docstring. ``layers``: latent layers
-    by name (``dict(model.latent_layers())``), ``groups`` on the latents' device."""
+    by name (``dict(model.latent_layers())``), ``groups`` on the latents' device; ``norm``: one
+    of :data:`NORMS` (``relative``: each layer's entries in units of its root mean square)."""
+    check_norm(norm)
     sums = None
     for n in groups.names:
-        sq = layers[n].latent.reshape(-1).index_select(0, groups.entries[n]).square()
+        lat = layers[n].latent.reshape(-1)
+        sq = lat.index_select(0, groups.entries[n]).square()
+        if norm == "relative":
+            sq = sq / (lat.square().mean() + _EPS)
         part = torch.zeros(groups.channels, device=sq.device, dtype=sq.dtype).index_add(
             0, groups.channel[n], sq)
         sums = part if sums is None else sums + part
@@ -209,3 +247,48 @@ def hold_at_zero(layers: dict[str, nn.Module], held: dict[str, torch.Tensor]) ->
     moments would otherwise move them). One ``index_fill_`` per layer, no host synchronisation."""
     for n, idx in held.items():
         layers[n].latent.view(-1).index_fill_(0, idx, 0.0)
+
+
+SOLVERS = ("gradient", "proximal")
+"""How the prior acts. ``gradient``: ``lambda_channel * P`` is a term of the loss, and its
+gradient goes through Adam with the task's. Adam divides every gradient by its own running scale,
+so a small, steady pull toward zero moves an entry whose task gradient is small or noisy by up to
+a full learning-rate step, whatever the weight: measured, the kept channels lose 88-98% of their
+slices even at small weights. ``proximal``: the prior is not in the loss; after every optimizer
+step each channel is shrunk by the proximal operator of ``lr * lambda_channel * P`` (group
+soft-thresholding, :func:`group_shrink`), decoupled from Adam as AdamW decouples weight decay, so
+the shrink is ``lr * lambda_channel`` per step in latent units, a fraction of Adam's step, and a
+channel whose root mean square falls under it is set to exactly zero."""
+
+
+def check_solver(solver: str) -> str:
+    """``solver`` when it is one of :data:`SOLVERS`, else a :class:`~lilnetx.errors.ConfigError`."""
+    if solver not in SOLVERS:
+        from lilnetx.errors import ConfigError
+
+        raise ConfigError(f"channel_solver must be one of {', '.join(SOLVERS)}, but got "
+                          f"{str(solver)[:40]!r}")
+    return solver
+
+
+@torch.no_grad()
+def group_shrink(layers: dict[str, nn.Module], groups: ChannelGroups, step: float) -> None:
+    """The proximal step of ``step * P`` (``step``: learning rate times ``lambda_channel``, in
+    latent units), in place: every channel ``c`` is scaled by ``max(0, 1 - step / rms_c)``, with
+    ``rms_c`` the root mean square of its entries (``P`` weights each channel's norm by
+    ``sqrt(n_c)``), so a channel whose ``rms_c <= step`` becomes exactly zero. An entry of two
+    channels (a conv weight that writes one coupled channel and reads another) is scaled by both
+    factors, each computed before either is applied. A few gathers and scatters per layer; no host
+    synchronisation (after the first call on a device)."""
+    if not groups.names or step <= 0:
+        return
+    sums = torch.zeros(groups.channels, device=groups.sizes.device)
+    for n in groups.names:
+        lat = layers[n].latent.detach().reshape(-1).index_select(0, groups.entries[n])
+        sums.index_add_(0, groups.channel[n], lat.square().to(sums.dtype))
+    rms = torch.sqrt(sums / groups.sizes)
+    factor = torch.clamp(1.0 - step / rms.clamp_min(_EPS), min=0.0)
+    for n in groups.names:
+        flat = layers[n].latent.view(-1)
+        for idx, cid in groups.unique_parts(n):
+            flat.index_copy_(0, idx, flat.index_select(0, idx) * factor[cid].to(flat.dtype))
