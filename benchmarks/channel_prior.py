@@ -42,11 +42,11 @@ TARGET_MAC_GAP = 1.3
 TARGET_ACC_POINTS = 1.0
 FULL = {"epochs": 5, "limit": 12000, "batch_size": 128, "lr": 2e-2, "lambda_sparsity": 1e-6,
         "lambda_rate": 1e-4, "channel_scope": "coupled", "channel_finetune": 0.0,
-        "channel_solver": "gradient", "channel_norm": "latent",
+        "channel_solver": "gradient",
         "channels": [0.0, 1e-4, 3e-4, 1e-3, 3e-3], "rounds": 25, "block": 3}
 QUICK = {"epochs": 1, "limit": 600, "batch_size": 128, "lr": 2e-2, "lambda_sparsity": 1e-6,
          "lambda_rate": 1e-4, "channel_scope": "coupled", "channel_finetune": 0.0,
-         "channel_solver": "gradient", "channel_norm": "latent",
+         "channel_solver": "gradient",
          "channels": [0.0, 1e-3], "rounds": 3, "block": 2}
 BATCHES = (1, 64)
 
@@ -63,8 +63,7 @@ def train_one(lam: float, settings: dict, out_dir: Path, seed: int) -> dict:
                       lambda_rate=settings["lambda_rate"], lambda_channel=lam,
                       channel_scope=settings["channel_scope"],
                       channel_finetune=settings.get("channel_finetune", 0.0),
-                      channel_solver=settings.get("channel_solver", "gradient"),
-                      channel_norm=settings.get("channel_norm", "latent"), seed=seed,
+                      channel_solver=settings.get("channel_solver", "gradient"), seed=seed,
                       device="cpu")
     t0 = time.perf_counter()
     outcome = run(RunSpec(model="resnet20", dataset="fashion_mnist", limit=settings["limit"],
@@ -86,12 +85,10 @@ def _same_training(lam: float, kept: dict | None, settings: dict) -> bool:
     """Whether a kept training of ``lambda_channel = lam`` is the one ``settings`` asks for
     (without the prior, ``channel_finetune`` and ``channel_solver`` change nothing; a kept
     summary without a solver was trained with the gradient one)."""
-    drop = ({"channels", "channel_finetune", "channel_solver", "channel_norm"} if lam == 0
-            else {"channels"})
+    drop = {"channels", "channel_finetune", "channel_solver"} if lam == 0 else {"channels"}
 
     def trained(s: dict) -> dict:
-        s = {"channel_solver": "gradient", "channel_norm": "latent", **s}
-        return {k: v for k, v in s.items() if k not in drop}
+        return {k: v for k, v in {"channel_solver": "gradient", **s}.items() if k not in drop}
 
     return kept is not None and trained(kept) == trained(settings)
 
@@ -230,10 +227,6 @@ def _solver(settings: dict) -> str:
     return settings.get("channel_solver", "gradient")
 
 
-def _norm(settings: dict) -> str:
-    return settings.get("channel_norm", "latent")
-
-
 def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: list[str],
              info: dict) -> str:
     from _report import command_line, machine_line
@@ -244,7 +237,6 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
         f"{settings['channel_scope']}" + (f", channel_finetune {settings['channel_finetune']:g}"
                                           if settings.get("channel_finetune") else "")
         + (f", channel_solver {_solver(settings)}" if _solver(settings) != "gradient" else "")
-        + (f", channel_norm {_norm(settings)}" if _norm(settings) != "latent" else "")
         + ")", "",
         machine_line(), f"Load average before / after: {info['load_before']} / "
         f"{info['load_after']}.", "", "Reproduce:", "", "```",
@@ -259,9 +251,7 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
            else "") + f", channel_solver {_solver(settings)}"
         + (" (the prior as a proximal shrink of lr * lambda_channel per step after the Adam "
            "step, not a loss term)" if _solver(settings) == "proximal" else "")
-        + f", channel_norm {_norm(settings)}"
-        + (" (each layer's latents in units of their root mean square)"
-           if _norm(settings) == "relative" else "") + ", seed "
+        + ", seed "
         f"{info['seed']}, one torch thread per training "
         f"(two at a time); one training per `lambda_channel`, everything else equal. Latency: "
         f"{settings['rounds']} interleaved rounds x {settings['block']} passes of the dense and "
@@ -343,8 +333,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="channel_finetune of the trainings with the prior (default 0)")
     ap.add_argument("--solver", dest="channel_solver", choices=("gradient", "proximal"),
                     default=None, help="channel_solver of the trainings (default gradient)")
-    ap.add_argument("--norm", dest="channel_norm", choices=("latent", "relative"),
-                    default=None, help="channel_norm of the trainings (default latent)")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
@@ -362,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = dict(QUICK if args.quick else FULL)
     for k in ("channels", "epochs", "limit", "channel_scope", "channel_finetune",
-              "channel_solver", "channel_norm"):
+              "channel_solver"):
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)
     if 0.0 not in settings["channels"]:
@@ -408,8 +396,6 @@ def _report(rows, settings, args, argv, info) -> int:
         tag += f"_ft{settings['channel_finetune']:g}"
     if _solver(settings) != "gradient":
         tag += f"_{_solver(settings)}"
-    if _norm(settings) != "latent":
-        tag += f"_{_norm(settings)}"
     if args.out:
         plot(rows, Path(str(PLOT).format(scope=tag)))
     publish(markdown(rows, settings, args.threads, argv, info).replace(

@@ -111,9 +111,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     t.add_argument("--channel-solver", choices=("gradient", "proximal"), default="gradient",
                    help="how the channel prior acts: a loss term through Adam, or a proximal "
                    "shrink of lr * lambda_channel per step after it (default gradient)")
-    t.add_argument("--channel-norm", choices=("latent", "relative"), default="latent",
-                   help="units of the channel prior's norms: latent, or relative to each "
-                   "layer's root mean square latent (scale-invariant; default latent)")
     t.add_argument("--warmup-epochs", type=_nonneg_float("--warmup-epochs"), default=None)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--rate-table", type=int, default=None,
@@ -307,7 +304,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         lambda_rate=args.lambda_rate, lambda_sparsity=args.lambda_sparsity,
         lambda_l2=args.lambda_l2, lambda_channel=args.lambda_channel,
         channel_scope=args.channel_scope, channel_finetune=args.channel_finetune,
-        channel_solver=args.channel_solver, channel_norm=args.channel_norm,
+        channel_solver=args.channel_solver,
         warmup_epochs=args.warmup_epochs, seed=args.seed,
         device=args.device,
         **({} if args.rate_table is None else {"rate_table": args.rate_table}))

@@ -59,9 +59,7 @@ class TrainConfig:
     per channel of the tabulated training rate (:mod:`lilnetx.core.rate_table`); 0 evaluates
     the prior at every latent (the exact path). ``channel_solver``: ``gradient`` (the coupled-
     channel prior as a loss term) or ``proximal`` (a shrink of ``lr * lambda_channel`` per step
-    after the optimizer step; :data:`lilnetx.core.channel_prior.SOLVERS`). ``channel_norm``:
-    the prior's channel norms in ``latent`` units or ``relative`` to each layer's scale
-    (:data:`lilnetx.core.channel_prior.NORMS`).
+    after the optimizer step; :data:`lilnetx.core.channel_prior.SOLVERS`).
     """
 
     epochs: int = 5
@@ -75,7 +73,6 @@ class TrainConfig:
     channel_scope: str = "coupled"
     channel_finetune: float = 0.0
     channel_solver: str = "gradient"
-    channel_norm: str = "latent"
     warmup_epochs: float | None = None
     seed: int = 0
     device: str | None = None
@@ -92,14 +89,10 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, but got {self.lr}")
         if self.warmup_epochs is not None:
             check_nonnegative("warmup_epochs", self.warmup_epochs)
-        from lilnetx.core.channel_prior import check_norm, check_scope, check_solver
+        from lilnetx.core.channel_prior import check_scope, check_solver
 
         check_scope(self.channel_scope)
         check_solver(self.channel_solver)
-        check_norm(self.channel_norm)
-        if self.channel_solver == "proximal" and self.channel_norm != "latent":
-            raise ConfigError("channel_solver proximal shrinks channels in latent units: it "
-                              "needs channel_norm latent")
         f = self.channel_finetune
         if isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f < 1:
             raise ConfigError(f"channel_finetune must be a fraction in [0, 1), but got "
@@ -164,7 +157,7 @@ def joint_loss(
         out["slice"] = model.slice_penalty()
         loss = loss + cfg.lambda_sparsity * out["slice"]
     if cfg.lambda_channel > 0:
-        out["channel"] = model.channel_penalty(norm=cfg.channel_norm)
+        out["channel"] = model.channel_penalty()
         loss = loss + cfg.lambda_channel * out["channel"]
     if cfg.lambda_l2 > 0:
         out["l2"] = model.l2_penalty()

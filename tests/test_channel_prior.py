@@ -333,40 +333,14 @@ def test_channel_solver_is_validated_and_searchable(tmp_path):
         load_space(str(path))
 
 
-def test_relative_norm_is_invariant_to_a_layers_scale_and_spares_big_channels():
-    model = resnet(width=0.5)
-    g = build_channel_groups(model, torch.randn(2, 3, 32, 32), "coupled")
-    layers = dict(model.latent_layers())
-    p = channel_group_lasso(layers, g, "relative")
-    latent_units = channel_group_lasso(layers, g)
-    with torch.no_grad():
-        for name in g.names[:3]:  # a layer's scale (BatchNorm undoes it) changes nothing
-            layers[name].latent.mul_(0.25)
-    torch.testing.assert_close(channel_group_lasso(layers, g, "relative"), p)
-    assert channel_group_lasso(layers, g) < latent_units - 100  # in latent units it does
-    # within one layer it is an L1/L2 ratio: the gradient pulls small channels toward zero and
-    # pushes the biggest one away from it
-    lat = layers[g.names[0]].latent
-    lat.grad = None
-    channel_group_lasso(layers, g, "relative").backward()
-    with torch.no_grad():
-        outward = (lat.grad * lat).reshape(-1)  # < 0: the gradient step grows the entry
-    assert (outward < 0).any() and (outward > 0).any()
-    with pytest.raises(ConfigError, match="channel_norm"):
-        TrainConfig(channel_norm="unit").validate()
-    with pytest.raises(ConfigError, match="channel_norm latent"):
-        TrainConfig(channel_solver="proximal", channel_norm="relative").validate()
-
-
 def test_the_cli_offers_the_choices_the_library_knows():
     from explorer.cli import build_parser
-    from lilnetx.core.channel_prior import NORMS, SCOPES, SOLVERS
+    from lilnetx.core.channel_prior import SCOPES, SOLVERS
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     opts = {a.dest: a for a in train._actions}
     assert tuple(opts["channel_scope"].choices) == SCOPES
     assert tuple(opts["channel_solver"].choices) == SOLVERS
-    assert tuple(opts["channel_norm"].choices) == NORMS
     args = build_parser().parse_args(["train", "--model", "lenet5", "--dataset", "digits",
                                       "--channel-solver", "proximal"])
-    assert args.channel_solver == "proximal" and args.channel_norm == "latent"
+    assert args.channel_solver == "proximal"

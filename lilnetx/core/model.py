@@ -173,13 +173,12 @@ class LilNetXModel(nn.Module):
         return _SliceLasso.apply(*latents) if latents else self._zero()
 
     def channel_penalty(self, example: torch.Tensor | None = None,
-                        scope: str = "coupled", norm: str = "latent") -> torch.Tensor:
+                        scope: str = "coupled") -> torch.Tensor:
         """The coupled-channel group prior (:mod:`lilnetx.core.channel_prior`; unitless): a
         group lasso over the latents that write or read each coupled channel. The
         channel groups are traced once, on ``example`` (a batch shaped like the input), the
         first time, in ``scope`` (:data:`lilnetx.core.channel_prior.SCOPES`); later calls
-        reuse them. ``norm``: the units of the channel norms
-        (:data:`lilnetx.core.channel_prior.NORMS`)."""
+        reuse them."""
         from lilnetx.core.channel_prior import build_channel_groups, channel_group_lasso
 
         layers = dict(self.latent_layers())
@@ -191,8 +190,7 @@ class LilNetXModel(nn.Module):
         dev = next(iter(layers.values())).latent.device if layers else None
         if dev is not None and self.channel_groups.sizes.device != dev:
             self.channel_groups = self.channel_groups.to(dev)
-        return (channel_group_lasso(layers, self.channel_groups, norm) if layers
-                else self._zero())
+        return channel_group_lasso(layers, self.channel_groups) if layers else self._zero()
 
     def l2_penalty(self) -> torch.Tensor:
         """Sum of squared latents over every latent layer (one autograd node, :class:`_SumSq`)."""
