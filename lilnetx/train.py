@@ -241,6 +241,7 @@ class _ChannelPrior:
         self.held: dict[str, torch.Tensor] | None = None
         self.removed: int | None = None  # channels held at zero (read once, at the switch)
         self._off = replace(cfg, lambda_channel=0.0)
+        self.shrinking = False  # this step ends with the proximal shrink (set by `before`)
         if self.on:
             self._layers = dict(model.latent_layers())
 
