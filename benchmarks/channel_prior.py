@@ -143,7 +143,10 @@ def interleaved(fns: dict, rounds: int, block: int, warmup: int = 10) -> dict[st
     return {n: 1000 * statistics.median(v) for n, v in times.items()}
 
 
-def measure(res: dict, settings: dict, threads_list: list[int], work: Path) -> dict:
+def measure(res: dict, settings: dict, threads_list: list[int], work: Path,
+            other: str | None = None) -> dict:
+    """Latency and MACs of the network in ``res["path"]`` ("dense") against its slim export,
+    or, with ``other`` (another ``.lnx`` file), against that file's network as it is."""
     import numpy as np
 
     import lilnetx
@@ -153,12 +156,13 @@ def measure(res: dict, settings: dict, threads_list: list[int], work: Path) -> d
 
     dense = lilnetx.load(res["path"]).eval()
     example = torch.randn(2, 1, 28, 28)
-    slim = lilnetx.slim(dense, example).eval()
+    slim = (lilnetx.load(other) if other else lilnetx.slim(dense, example)).eval()
     macs_d = count_macs(dense, example[:1])["flops"]
     macs_s = count_macs(slim, example[:1])["flops"]
     paths = {}
     for name, net in (("dense", dense), ("slim", slim)):
-        paths[name] = work / f"{Path(res['path']).stem}-{name}.onnx"
+        stem = Path(other).stem if other and name == "slim" else Path(res["path"]).stem
+        paths[name] = work / f"{stem}-{name}.onnx"
         export_onnx(net, example[:1], paths[name])
     widths = [m.out_channels for n, m in slim.named_modules() if n.endswith("conv2")]
     out = {"macs_dense": macs_d, "macs_slim": macs_s, "mac_ratio": macs_d / macs_s,
