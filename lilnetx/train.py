@@ -241,7 +241,6 @@ class _ChannelPrior:
         self.held: dict[str, torch.Tensor] | None = None
         self.removed: int | None = None  # channels held at zero (read once, at the switch)
         self._off = replace(cfg, lambda_channel=0.0)
-        self.shrinking = False  # this step ends with the proximal shrink (set by `before`)
         if self.on:
             self._layers = dict(model.latent_layers())
 
@@ -254,26 +253,27 @@ class _ChannelPrior:
 
     def before(self, it: int) -> TrainConfig:
         """The loss configuration of iteration ``it`` (switching phases when it is due)."""
-        self.shrinking = self.proximal and (self.start is None or it < self.start)
         if self.start is None or it < self.start:
             return self._off if self.proximal else self.cfg
         if self.held is None:
             from lilnetx.core.channel_prior import held_entries, hold_at_zero, unread_channels
 
-            dead = unread_channels(self._layers, self._groups())
-            self.held = held_entries(self._groups(), dead)
+            groups = self._groups()
+            dead = unread_channels(self._layers, groups)
+            self.held = held_entries(groups, dead)
             self.removed = int(dead.sum())  # one host read, once per run
             hold_at_zero(self._layers, self.held)
         return self._off
 
     def after(self, lr: float) -> None:
         """After an optimizer step at learning rate ``lr``: the proximal shrink of the prior
-        phase, or the removed channels back to exactly zero in the fine-tuning phase."""
+        phase (until the switch sets ``held``), or the removed channels back to exactly zero in
+        the fine-tuning phase."""
         if self.held is not None:
             from lilnetx.core.channel_prior import hold_at_zero
 
             hold_at_zero(self._layers, self.held)
-        elif self.on and self.shrinking:
+        elif self.proximal:
             from lilnetx.core.channel_prior import group_shrink
 
             group_shrink(self._layers, self._groups(), lr * self.cfg.lambda_channel)

@@ -175,16 +175,23 @@ def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled") -
     return ChannelGroups(names, entries, channel, sizes, len(groups), members, reads)
 
 
-def channel_group_lasso(layers: dict[str, nn.Module], groups: ChannelGroups) -> torch.Tensor:
-    """The prior's value (unitless scalar tensor, differentiable in the latents): the
-    size-weighted group lasso of the module docstring. ``layers``: latent layers
-    by name (``dict(model.latent_layers())``), ``groups`` on the latents' device."""
+def _channel_sumsq(layers: dict[str, nn.Module], groups: ChannelGroups) -> torch.Tensor | None:
+    """Per channel, the sum of its entries' squared latents (``(channels,)``, differentiable
+    unless called under ``no_grad``); None when no layer takes part."""
     sums = None
     for n in groups.names:
         sq = layers[n].latent.reshape(-1).index_select(0, groups.entries[n]).square()
         part = torch.zeros(groups.channels, device=sq.device, dtype=sq.dtype).index_add(
             0, groups.channel[n], sq)
         sums = part if sums is None else sums + part
+    return sums
+
+
+def channel_group_lasso(layers: dict[str, nn.Module], groups: ChannelGroups) -> torch.Tensor:
+    """The prior's value (unitless scalar tensor, differentiable in the latents): the
+    size-weighted group lasso of the module docstring. ``layers``: latent layers
+    by name (``dict(model.latent_layers())``), ``groups`` on the latents' device."""
+    sums = _channel_sumsq(layers, groups)
     if sums is None:
         return torch.zeros(())
     return (groups.sizes.sqrt() * torch.sqrt(sums + _EPS)).sum()
@@ -254,11 +261,7 @@ def group_shrink(layers: dict[str, nn.Module], groups: ChannelGroups, step: floa
     synchronisation (after the first call on a device)."""
     if not groups.names or step <= 0:
         return
-    sums = torch.zeros(groups.channels, device=groups.sizes.device)
-    for n in groups.names:
-        lat = layers[n].latent.detach().reshape(-1).index_select(0, groups.entries[n])
-        sums.index_add_(0, groups.channel[n], lat.square().to(sums.dtype))
-    rms = torch.sqrt(sums / groups.sizes)
+    rms = torch.sqrt(_channel_sumsq(layers, groups) / groups.sizes)
     factor = torch.clamp(1.0 - step / rms.clamp_min(_EPS), min=0.0)
     for n in groups.names:
         flat = layers[n].latent.view(-1)
