@@ -83,9 +83,10 @@ def train_one(lam: float, settings: dict, out_dir: Path, seed: int) -> dict:
 
 def _same_training(lam: float, kept: dict | None, settings: dict) -> bool:
     """Whether a kept training of ``lambda_channel = lam`` is the one ``settings`` asks for
-    (without the prior, ``channel_finetune`` and ``channel_solver`` change nothing; a kept
-    summary without a solver was trained with the gradient one)."""
-    drop = {"channels", "channel_finetune", "channel_solver"} if lam == 0 else {"channels"}
+    (without the prior, ``channel_scope``, ``channel_finetune`` and ``channel_solver`` change
+    nothing; a kept summary without a solver was trained with the gradient one)."""
+    drop = ({"channels", "channel_scope", "channel_finetune", "channel_solver"} if lam == 0
+            else {"channels"})
 
     def trained(s: dict) -> dict:
         return {k: v for k, v in {"channel_solver": "gradient", **s}.items() if k not in drop}
