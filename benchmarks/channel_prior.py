@@ -145,11 +145,11 @@ def interleaved(fns: dict, rounds: int, block: int, warmup: int = 10) -> dict[st
 
 
 def measure(res: dict, settings: dict, threads_list: list[int], work: Path,
-            other: str | None = None, round_to: int | None = None) -> dict:
+            other: str | None = None, round_to: tuple[int, ...] = ()) -> dict:
     """Latency and MACs of the network in ``res["path"]`` ("dense") against its slim export,
-    or, with ``other`` (another ``.lnx`` file), against that file's network as it is. With
-    ``round_to`` (and no ``other``), ``lilnetx.slim(..., round_to=round_to)`` is timed too, in
-    the same interleaved rounds (keys ``*_slim{round_to}``)."""
+    or, with ``other`` (another ``.lnx`` file), against that file's network as it is. For every
+    ``N`` in ``round_to`` (without ``other``), ``lilnetx.slim(..., round_to=N)`` is timed too,
+    in the same interleaved rounds (keys ``*_slim{N}``)."""
     import numpy as np
 
     import lilnetx
@@ -161,9 +161,9 @@ def measure(res: dict, settings: dict, threads_list: list[int], work: Path,
     example = torch.randn(2, 1, 28, 28)
     nets = {"dense": dense,
             "slim": (lilnetx.load(other) if other else lilnetx.slim(dense, example)).eval()}
-    rk = f"slim{round_to}" if round_to and not other else None
-    if rk:
-        nets[rk] = lilnetx.slim(dense, example, round_to=round_to).eval()
+    rounded = [] if other else list(round_to)
+    for n in rounded:
+        nets[f"slim{n}"] = lilnetx.slim(dense, example, round_to=n).eval()
     macs = {k: count_macs(n, example[:1])["flops"] for k, n in nets.items()}
     paths = {}
     for name, net in nets.items():
@@ -177,9 +177,10 @@ def measure(res: dict, settings: dict, threads_list: list[int], work: Path,
     out = {"macs_dense": macs["dense"], "macs_slim": macs["slim"],
            "mac_ratio": macs["dense"] / macs["slim"], "conv2_widths": widths(nets["slim"]),
            "latency": {}}
-    if rk:
-        out.update({"round_to": round_to, f"mac_ratio_{rk}": macs["dense"] / macs[rk],
-                    f"conv2_widths_{rk}": widths(nets[rk])})
+    out["round_to"] = rounded
+    for n in rounded:
+        out.update({f"mac_ratio_slim{n}": macs["dense"] / macs[f"slim{n}"],
+                    f"conv2_widths_slim{n}": widths(nets[f"slim{n}"])})
     for threads in threads_list:
         sessions = {k: onnx_session(str(p), threads=threads) for k, p in paths.items()}
         for batch in BATCHES:
@@ -243,10 +244,14 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _rounded_key(rows: list[dict]) -> str | None:
-    """``"slim8"`` when every row was timed with ``round_to`` 8 too (else None)."""
-    keys = {f"slim{r['round_to']}" if r.get("round_to") else None for r in rows}
-    return keys.pop() if len(keys) == 1 else None
+def _rounded_keys(rows: list[dict]) -> list[str]:
+    """``["slim8", ...]``: the rounded slim variants every row was timed with."""
+    common = None
+    for r in rows:
+        got = r.get("round_to") or []
+        got = [got] if isinstance(got, int) else got
+        common = [n for n in got if common is None or n in common]
+    return [f"slim{n}" for n in common or []]
 
 
 def _solver(settings: dict) -> str:
@@ -284,13 +289,16 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
         "the slim network (`lilnetx.load` of the file, then `lilnetx.slim`), order alternating, "
         "medians; ONNX Runtime on the exported ONNX of each (CPU provider, intra-op threads as "
         "given, one inter-op thread, all graph optimizations). Speedup = dense median / slim "
-        "median. MAC ratio = dense MACs / slim MACs (`lilnetx.count_macs`).", "",
+        "median. MAC ratio = dense MACs / slim MACs (`lilnetx.count_macs`)."
+        + (" Round_to N: `lilnetx.slim(..., round_to=N)` (every coupled group that loses "
+           "channels keeps a multiple of N), timed in the same interleaved rounds."
+           if _rounded_keys(rows) else ""), "",
         "| lambda_channel | test accuracy | size | slice sparsity | channels removed | conv2 widths "
         "(per block) | MAC ratio | torch 2 thr b64 dense / slim ms | speedup | ORT 2 thr b64 "
         "dense / slim ms | speedup | train s |",
         "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
-    rk = _rounded_key(rows)
-    if rk:
+    rks = _rounded_keys(rows)
+    for rk in rks:
         lines[-2] = lines[-2][:-len(" train s |")] + (
             f" round_to {rk[4:]}: conv2 widths | MAC ratio | torch speedup | ORT speedup | "
             "train s |")
@@ -304,11 +312,13 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
             f" | {r['mac_ratio']:.2f}x | {lat['torch_dense']:.1f} / {lat['torch_slim']:.1f} | "
             f"{lat['torch_speedup']:.2f}x | {lat['ort_dense']:.1f} / {lat['ort_slim']:.1f} | "
             f"{lat['ort_speedup']:.2f}x | "
-            + (f"{' '.join(map(str, r[f'conv2_widths_{rk}']))} | {r[f'mac_ratio_{rk}']:.2f}x | "
-               f"{lat[f'torch_speedup{rk[4:]}']:.2f}x | {lat[f'ort_speedup{rk[4:]}']:.2f}x | "
-               if rk else "") + f"{r['train_seconds']:.0f} |")
+            + "".join(f"{' '.join(map(str, r[f'conv2_widths_{rk}']))} | "
+                      f"{r[f'mac_ratio_{rk}']:.2f}x | {lat[f'torch_speedup{rk[4:]}']:.2f}x | "
+                      f"{lat[f'ort_speedup{rk[4:]}']:.2f}x | " for rk in rks)
+            + f"{r['train_seconds']:.0f} |")
     lines += ["", "Every configuration (ms, dense / slim"
-              + (f" / slim round_to {rk[4:]}, speedups of each" if rk else ", speedup")
+              + "".join(f" / slim round_to {rk[4:]}" for rk in rks)
+              + (", speedups of each" if rks else ", speedup")
               + "):", "",
               "| lambda_channel | " + " | ".join(
                   f"{rt} {t} thr b{b}" for t in threads_list for b in BATCHES
@@ -322,7 +332,7 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
                 for rt in ("torch", "ort"):
                     ms = f"{lat[f'{rt}_dense']:.2f} / {lat[f'{rt}_slim']:.2f}"
                     sp = f"{lat[f'{rt}_speedup']:.2f}x"
-                    if rk:
+                    for rk in rks:
                         ms += f" / {lat[f'{rt}_{rk}']:.2f}"
                         sp += f", {lat[f'{rt}_speedup{rk[4:]}']:.2f}x"
                     cells.append(f"{ms} ({sp})")
@@ -335,7 +345,7 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
         lines.append("- no model trained with the prior is within 1 point of accuracy: "
                      "**missed**.")
     else:
-        variants = ["slim"] + ([rk] if rk else [])
+        variants = ["slim", *rks]
 
         def score(rv):  # the slower runtime's speedup of one (model, slim variant)
             r, v = rv
@@ -384,8 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--solver", dest="channel_solver", choices=("gradient", "proximal"),
                     default=None, help="channel_solver of the trainings (default gradient)")
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--round-to", type=int, default=8,
-                    help="also time lilnetx.slim(..., round_to=N) (0: not)")
+    ap.add_argument("--round-to", type=int, nargs="+", default=[8, 16],
+                    help="also time lilnetx.slim(..., round_to=N) for each N (0: none)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     ap.add_argument("--seed", type=int, default=0)
@@ -432,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"[channel] timing lambda_channel={r['lambda_channel']:g}", file=sys.stderr,
               flush=True)
-        r.update(measure(r, settings, args.threads, work, round_to=args.round_to or None))
+        r.update(measure(r, settings, args.threads, work, round_to=tuple(n for n in args.round_to if n)))
     info["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     if 2 not in args.threads:
         raise SystemExit("--threads must include 2 (the target's thread count)")
