@@ -171,12 +171,12 @@ def measure(res: dict, settings: dict, threads_list: list[int], work: Path,
         paths[name] = work / f"{stem}-{name}.onnx"
         export_onnx(net, example[:1], paths[name])
 
-    def widths(net: torch.nn.Module) -> list[int]:
-        return [m.out_channels for n, m in net.named_modules() if n.endswith("conv2")]
+    def widths(net: torch.nn.Module, conv: str = "conv2") -> list[int]:
+        return [m.out_channels for n, m in net.named_modules() if n.endswith(f".{conv}")]
 
     out = {"macs_dense": macs["dense"], "macs_slim": macs["slim"],
            "mac_ratio": macs["dense"] / macs["slim"], "conv2_widths": widths(nets["slim"]),
-           "latency": {}}
+           "conv1_widths": widths(nets["slim"], "conv1"), "latency": {}}
     out["round_to"] = rounded
     for n in rounded:
         out.update({f"mac_ratio_slim{n}": macs["dense"] / macs[f"slim{n}"],
@@ -294,9 +294,9 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
            "channels keeps a multiple of N), timed in the same interleaved rounds."
            if _rounded_keys(rows) else ""), "",
         "| lambda_channel | test accuracy | size | slice sparsity | channels removed | conv2 widths "
-        "(per block) | MAC ratio | torch 2 thr b64 dense / slim ms | speedup | ORT 2 thr b64 "
+        "(per block) | conv1 widths | MAC ratio | torch 2 thr b64 dense / slim ms | speedup | ORT 2 thr b64 "
         "dense / slim ms | speedup | train s |",
-        "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+        "|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     rks = _rounded_keys(rows)
     for rk in rks:
         lines[-2] = lines[-2][:-len(" train s |")] + (
@@ -309,7 +309,7 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
             f"| {r['lambda_channel']:g} | {100 * r['accuracy']:.2f}% | "
             f"{r.get('size_bytes', 0) / 1000:.1f} KB | {100 * r.get('slice_sparsity', 0):.1f}% | "
             f"{100 * r.get('channel_sparsity', 0):.1f}% | {' '.join(map(str, r['conv2_widths']))}"
-            f" | {r['mac_ratio']:.2f}x | {lat['torch_dense']:.1f} / {lat['torch_slim']:.1f} | "
+            f" | {' '.join(map(str, r.get('conv1_widths', ['-'])))} | {r['mac_ratio']:.2f}x | {lat['torch_dense']:.1f} / {lat['torch_slim']:.1f} | "
             f"{lat['torch_speedup']:.2f}x | {lat['ort_dense']:.1f} / {lat['ort_slim']:.1f} | "
             f"{lat['ort_speedup']:.2f}x | "
             + "".join(f"{' '.join(map(str, r[f'conv2_widths_{rk}']))} | "
