@@ -290,7 +290,7 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
         "medians; ONNX Runtime on the exported ONNX of each (CPU provider, intra-op threads as "
         "given, one inter-op thread, all graph optimizations). Speedup = dense median / slim "
         "median. MAC ratio = dense MACs / slim MACs (`lilnetx.count_macs`)."
-        + (" Round_to N: `lilnetx.slim(..., round_to=N)` (every coupled group that loses "
+        + (" Round_to N: `lilnetx.slim(..., round_to=N)` (every channel group of the dependency graph that loses "
            "channels keeps a multiple of N), timed in the same interleaved rounds."
            if _rounded_keys(rows) else ""), "",
         "| lambda_channel | test accuracy | size | slice sparsity | channels removed | conv2 widths "
