@@ -84,13 +84,33 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def vector_isa() -> str:
+    """The widest x86 vector extension the CPU reports (``AVX-512``, ``AVX2``, ``AVX``), or
+    ``""`` (another architecture, or no /proc/cpuinfo): it decides the channel block of the
+    conv kernels (oneDNN and ONNX Runtime's NCHWc use 16 channels on AVX-512, 8 on AVX2)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+            else:
+                return ""
+    except OSError:
+        return ""
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")):
+        if flag in flags:
+            return name
+    return ""
+
+
 def machine() -> dict:
     """CPU model, logical cores (visible to this process), torch/numpy/Python versions."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 0
-    return {"cpu": cpu_model(), "cores": cores, "torch": torch.__version__,
+    return {"cpu": cpu_model(), "isa": vector_isa(), "cores": cores, "torch": torch.__version__,
             "numpy": np.__version__, "python": platform.python_version(),
             "system": f"{platform.system()} {platform.machine()}"}
 
@@ -98,7 +118,8 @@ def machine() -> dict:
 def machine_line(info: dict | None = None) -> str:
     """One markdown sentence describing the machine."""
     info = info or machine()
-    return (f"Machine: {info['cpu']}, {info['cores']} logical cores, {info['system']}, "
+    isa = f" ({info['isa']})" if info.get("isa") else ""
+    return (f"Machine: {info['cpu']}{isa}, {info['cores']} logical cores, {info['system']}, "
             f"torch {info['torch']}, numpy {info['numpy']}, Python {info['python']}.")
 
 
