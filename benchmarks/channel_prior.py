@@ -42,11 +42,11 @@ TARGET_MAC_GAP = 1.3
 TARGET_ACC_POINTS = 1.0
 FULL = {"epochs": 5, "limit": 12000, "batch_size": 128, "lr": 2e-2, "lambda_sparsity": 1e-6,
         "lambda_rate": 1e-4, "channel_scope": "coupled", "channel_finetune": 0.0,
-        "channel_solver": "gradient",
+        "channel_solver": "gradient", "channel_rewind": "none",
         "channels": [0.0, 1e-4, 3e-4, 1e-3, 3e-3], "rounds": 25, "block": 3}
 QUICK = {"epochs": 1, "limit": 600, "batch_size": 128, "lr": 2e-2, "lambda_sparsity": 1e-6,
          "lambda_rate": 1e-4, "channel_scope": "coupled", "channel_finetune": 0.0,
-         "channel_solver": "gradient",
+         "channel_solver": "gradient", "channel_rewind": "none",
          "channels": [0.0, 1e-3], "rounds": 3, "block": 2}
 BATCHES = (1, 64)
 
@@ -63,7 +63,8 @@ def train_one(lam: float, settings: dict, out_dir: Path, seed: int) -> dict:
                       lambda_rate=settings["lambda_rate"], lambda_channel=lam,
                       channel_scope=settings["channel_scope"],
                       channel_finetune=settings.get("channel_finetune", 0.0),
-                      channel_solver=settings.get("channel_solver", "gradient"), seed=seed,
+                      channel_solver=settings.get("channel_solver", "gradient"),
+                      channel_rewind=settings.get("channel_rewind", "none"), seed=seed,
                       device="cpu")
     t0 = time.perf_counter()
     outcome = run(RunSpec(model="resnet20", dataset="fashion_mnist", limit=settings["limit"],
@@ -85,11 +86,12 @@ def _same_training(lam: float, kept: dict | None, settings: dict) -> bool:
     """Whether a kept training of ``lambda_channel = lam`` is the one ``settings`` asks for
     (without the prior, ``channel_scope``, ``channel_finetune`` and ``channel_solver`` change
     nothing; a kept summary without a solver was trained with the gradient one)."""
-    drop = ({"channels", "channel_scope", "channel_finetune", "channel_solver"} if lam == 0
-            else {"channels"})
+    drop = ({"channels", "channel_scope", "channel_finetune", "channel_solver",
+             "channel_rewind"} if lam == 0 else {"channels"})
 
     def trained(s: dict) -> dict:
-        return {k: v for k, v in {"channel_solver": "gradient", **s}.items() if k not in drop}
+        return {k: v for k, v in {"channel_solver": "gradient", "channel_rewind": "none",
+                                  **s}.items() if k not in drop}
 
     return kept is not None and trained(kept) == trained(settings)
 
@@ -268,6 +270,8 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
         f"{settings['channel_scope']}" + (f", channel_finetune {settings['channel_finetune']:g}"
                                           if settings.get("channel_finetune") else "")
         + (f", channel_solver {_solver(settings)}" if _solver(settings) != "gradient" else "")
+        + (f", channel_rewind {settings['channel_rewind']}"
+           if settings.get("channel_rewind", "none") != "none" else "")
         + ")", "",
         machine_line(), f"Load average before / after: {info['load_before']} / "
         f"{info['load_after']}.", "", "Reproduce:", "", "```",
@@ -282,6 +286,10 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
            else "") + f", channel_solver {_solver(settings)}"
         + (" (the prior as a proximal shrink of lr * lambda_channel per step after the Adam "
            "step, not a loss term)" if _solver(settings) == "proximal" else "")
+        + {"lr": ", channel_rewind lr (the learning-rate schedule restarted at the switch)",
+           "weights": ", channel_rewind weights (at the switch every weight back to its value "
+           "at step 0 and the learning rate restarted: the architecture the prior found, "
+           "trained from its initialization)"}.get(settings.get("channel_rewind", "none"), "")
         + ", seed "
         f"{info['seed']}, one torch thread per training "
         f"(two at a time); one training per `lambda_channel`, everything else equal. Latency: "
@@ -393,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="channel_finetune of the trainings with the prior (default 0)")
     ap.add_argument("--solver", dest="channel_solver", choices=("gradient", "proximal"),
                     default=None, help="channel_solver of the trainings (default gradient)")
+    ap.add_argument("--rewind", dest="channel_rewind", choices=("none", "lr", "weights"),
+                    default=None, help="channel_rewind of the trainings (default none)")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--round-to", type=int, nargs="+", default=[8, 16],
                     help="also time lilnetx.slim(..., round_to=N) for each N (0: none)")
@@ -414,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = dict(QUICK if args.quick else FULL)
     for k in ("channels", "epochs", "limit", "channel_scope", "channel_finetune",
-              "channel_solver"):
+              "channel_solver", "channel_rewind"):
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)
     if 0.0 not in settings["channels"]:
@@ -462,6 +472,8 @@ def _report(rows, settings, args, argv, info) -> int:
         tag += f"_ft{settings['channel_finetune']:g}"
     if _solver(settings) != "gradient":
         tag += f"_{_solver(settings)}"
+    if settings.get("channel_rewind", "none") != "none":
+        tag += f"_rewind_{settings['channel_rewind']}"
     if args.out:
         plot(rows, Path(str(PLOT).format(scope=tag)))
     publish(markdown(rows, settings, args.threads, argv, info).replace(

@@ -21,6 +21,7 @@ from .safe_yaml import clip, load_file, show
 
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "prior_lr", "lambda_rate", "lambda_sparsity",
               "lambda_l2", "lambda_channel", "channel_scope", "channel_finetune", "channel_solver",
+              "channel_rewind",
               "warmup_epochs", "seed", "rate_table")
 """Hyperparameters of :class:`lilnetx.TrainConfig` a space may fix or search."""
 SPEC_KEYS = ("width", "limit", "val_fraction")
@@ -343,6 +344,10 @@ def _check_param(path: str, key: str, spec: Any) -> None:
         from lilnetx.core.channel_prior import SOLVERS
 
         strings = SOLVERS
+    if key == "channel_rewind":
+        from lilnetx.core.channel_prior import REWINDS
+
+        strings = REWINDS
     is_int = key in _INT_KEYS or (mparam is not None and mparam.kind is int)
 
     def check_value(v: Any, in_choice: bool = False) -> None:

@@ -5,7 +5,9 @@
 our extension, off by default). With ``channel_finetune`` > 0 the prior acts on the first
 ``1 - channel_finetune`` of the steps only; then the channels it has removed (every reading slice
 rounds to zero) are held at zero and the rest of the run fine-tunes without it, which undoes the
-lasso's shrinkage of the channels that stay.
+lasso's shrinkage of the channels that stay. ``channel_rewind`` says what that phase starts
+from: the network as the prior left it (``none``), with the learning rate restarted (``lr``), or
+the weights of step 0 with the learning rate restarted (``weights``).
 With ``channel_solver="proximal"`` the prior is not in the loss: after every optimizer step the
 channels are shrunk by the proximal operator of ``lr * lambda_channel * P_channel``
 (:func:`lilnetx.core.channel_prior.group_shrink`).
@@ -59,7 +61,9 @@ class TrainConfig:
     per channel of the tabulated training rate (:mod:`lilnetx.core.rate_table`); 0 evaluates
     the prior at every latent (the exact path). ``channel_solver``: ``gradient`` (the coupled-
     channel prior as a loss term) or ``proximal`` (a shrink of ``lr * lambda_channel`` per step
-    after the optimizer step; :data:`lilnetx.core.channel_prior.SOLVERS`).
+    after the optimizer step; :data:`lilnetx.core.channel_prior.SOLVERS`). ``channel_rewind``:
+    what the fine-tuning phase starts from (``none``, ``lr`` or ``weights``;
+    :data:`lilnetx.core.channel_prior.REWINDS`).
     """
 
     epochs: int = 5
@@ -73,6 +77,7 @@ class TrainConfig:
     channel_scope: str = "coupled"
     channel_finetune: float = 0.0
     channel_solver: str = "gradient"
+    channel_rewind: str = "none"
     warmup_epochs: float | None = None
     seed: int = 0
     device: str | None = None
@@ -89,14 +94,18 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, but got {self.lr}")
         if self.warmup_epochs is not None:
             check_nonnegative("warmup_epochs", self.warmup_epochs)
-        from lilnetx.core.channel_prior import check_scope, check_solver
+        from lilnetx.core.channel_prior import check_rewind, check_scope, check_solver
 
         check_scope(self.channel_scope)
         check_solver(self.channel_solver)
+        check_rewind(self.channel_rewind)
         f = self.channel_finetune
         if isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f < 1:
             raise ConfigError(f"channel_finetune must be a fraction in [0, 1), but got "
                               f"{str(f)[:40]}")
+        if self.channel_rewind != "none" and not f > 0:
+            raise ConfigError(f"channel_rewind {self.channel_rewind} needs a fine-tuning phase "
+                              "(channel_finetune > 0)")
         if isinstance(self.rate_table, bool) or not isinstance(self.rate_table, int) or not (
                 self.rate_table == 0 or 2 <= self.rate_table <= MAX_POINTS):
             raise ConfigError(f"rate_table must be 0 (exact) or an integer in 2..{MAX_POINTS}, "
@@ -232,17 +241,29 @@ class _ChannelPrior:
     ``channel_finetune``, until step ``start`` only, after which the channels it removed are
     held at zero and the prior is off."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, total: int):
+    def __init__(self, model: nn.Module, cfg: TrainConfig, total: int,
+                 opts: list[torch.optim.Optimizer] = ()):
         self.on = isinstance(model, LilNetXModel) and cfg.lambda_channel > 0
-        self.model, self.cfg = model, cfg
+        self.model, self.cfg, self.opts = model, cfg, list(opts)
         self.proximal = self.on and cfg.channel_solver == "proximal"
         self.start = (total - int(round(cfg.channel_finetune * total))
                       if self.on and cfg.channel_finetune > 0 else None)
         self.held: dict[str, torch.Tensor] | None = None
         self.removed: int | None = None  # channels held at zero (read once, at the switch)
         self._off = replace(cfg, lambda_channel=0.0)
+        self.rewind = cfg.channel_rewind if self.start is not None else "none"
+        self._init = ({k: v.detach().clone() for k, v in model.state_dict().items()}
+                      if self.rewind == "weights" else None)
         if self.on:
             self._layers = dict(model.latent_layers())
+
+    def lr_step(self, it: int, total: int) -> tuple[int, int]:
+        """The (step, total) of the learning-rate schedule at iteration ``it`` of ``total``:
+        after the switch with ``channel_rewind`` ``lr`` or ``weights``, the schedule restarts
+        over the remaining steps."""
+        if self.rewind == "none" or it < self.start:
+            return it, total
+        return it - self.start, total - self.start
 
     def _groups(self):
         groups = self.model.channel_groups
@@ -262,6 +283,11 @@ class _ChannelPrior:
             dead = unread_channels(self._layers, groups)
             self.held = held_entries(groups, dead)
             self.removed = int(dead.sum())  # one host read, once per run
+            if self._init is not None:  # back to step 0, the removed channels excepted
+                self.model.load_state_dict(self._init)
+                self._init = None
+                for o in self.opts:
+                    o.state.clear()
             hold_at_zero(self._layers, self.held)
         return self._off
 
@@ -318,7 +344,7 @@ def fit(
     warm_epochs = cfg.warmup_epochs if cfg.warmup_epochs is not None else min(5.0, cfg.epochs / 10)
     warmup = int(round(warm_epochs * steps))
     opts = make_optimizers(model, cfg)
-    channel = _ChannelPrior(model, cfg, total)
+    channel = _ChannelPrior(model, cfg, total, opts)
     peak = base_lr(model, cfg)
     schedule = schedule or (lambda step, n: lr_factor(step, n, warmup, peak))
     result = TrainResult()
@@ -339,7 +365,7 @@ def fit(
             finite = torch.ones((), dtype=torch.bool, device=device)
             seen = 0
             for step, (x, y) in enumerate(train_batches, start=1):
-                lr = schedule(it, total)
+                lr = schedule(*channel.lr_step(it, total))
                 for g in opts[0].param_groups:
                     g["lr"] = lr
                 step_cfg = channel.before(it)

@@ -344,3 +344,69 @@ def test_the_cli_offers_the_choices_the_library_knows():
     args = build_parser().parse_args(["train", "--model", "lenet5", "--dataset", "digits",
                                       "--channel-solver", "proximal"])
     assert args.channel_solver == "proximal"
+
+
+def test_channel_rewind_weights_restarts_from_step_0_but_the_removed_channels():
+    from lilnetx.core.channel_prior import build_channel_groups as build
+    from lilnetx.train import _ChannelPrior, make_optimizers
+
+    model = resnet()
+    model.channel_groups = build(model, torch.randn(2, 3, 32, 32))
+    cfg = TrainConfig(lambda_channel=0.1, channel_solver="proximal", channel_finetune=0.5,
+                      channel_rewind="weights", device="cpu")
+    opts = make_optimizers(model, cfg)
+    prior = _ChannelPrior(model, cfg, total=10, opts=opts)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    assert prior.lr_step(4, 10) == (4, 10)  # the prior phase runs the schedule as it is
+    layers = dict(model.latent_layers())
+    loss = sum(m.latent.sum() for m in layers.values())
+    loss.backward()
+    opts[0].step()
+    assert opts[0].state
+    with torch.no_grad():  # "training": every latent moves, one residual channel dies
+        for m in layers.values():
+            m.latent.add_(0.25)
+        for name, side, idx in model.channel_groups.members[0]:
+            w = layers[name].latent.reshape(layers[name].weight_shape)
+            (w[idx] if side == "out" else w[:, idx]).zero_()
+    cfg_ft = prior.before(5)  # the switch
+    assert cfg_ft.lambda_channel == 0 and prior.removed >= 1
+    assert not opts[0].state  # Adam starts afresh
+    assert prior.lr_step(5, 10) == (0, 5) and prior.lr_step(9, 10) == (4, 5)
+    held = {n: set(i.tolist()) for n, i in prior.held.items()}
+    for n, m in layers.items():
+        flat, start = m.latent.detach().reshape(-1), init[f"net.{n}.latent"].reshape(-1)
+        keep = torch.tensor([i not in held.get(n, ()) for i in range(flat.numel())])
+        torch.testing.assert_close(flat[keep], start[keep])  # back to step 0
+        assert flat[~keep].eq(0).all()  # the removed channel stays removed
+
+
+def test_channel_rewind_lr_keeps_the_weights_and_is_validated(tmp_path):
+    from explorer.cli import build_parser
+    from explorer.space import load_space
+    from lilnetx.core.channel_prior import REWINDS
+    from lilnetx.train import _ChannelPrior
+
+    model = resnet()
+    cfg = TrainConfig(lambda_channel=0.1, channel_finetune=0.3, channel_rewind="lr")
+    prior = _ChannelPrior(model, cfg, total=10)
+    assert prior._init is None and prior.lr_step(6, 10) == (6, 10)
+    assert prior.lr_step(7, 10) == (0, 3)
+    off = _ChannelPrior(model, TrainConfig(lambda_channel=0.0, channel_finetune=0.3,
+                                           channel_rewind="lr"), total=10)
+    assert off.lr_step(8, 10) == (8, 10)  # no prior, nothing to rewind
+    with pytest.raises(ConfigError, match="channel_rewind"):
+        TrainConfig(channel_rewind="init").validate()
+    with pytest.raises(ConfigError, match="channel_finetune > 0"):
+        TrainConfig(lambda_channel=0.1, channel_rewind="lr").validate()
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    assert tuple({a.dest: a for a in train._actions}["channel_rewind"].choices) == REWINDS
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nmodel: lenet5\ndataset: digits\nmethod: lilnetx\n"
+                    "objectives: {accuracy: max, size_bytes: min}\n"
+                    "train: {channel_finetune: 0.5}\n"
+                    "params: {lambda_channel: 0.1, channel_rewind: {choice: [none, lr]}}\n")
+    assert "channel_rewind" in load_space(str(path)).searched()
+    path.write_text(path.read_text().replace("none, lr", "none, adam"))
+    with pytest.raises(ConfigError, match="channel_rewind"):
+        load_space(str(path))

@@ -250,6 +250,26 @@ def check_solver(solver: str) -> str:
     return solver
 
 
+REWINDS = ("none", "lr", "weights")
+"""What the fine-tuning phase of ``channel_finetune`` starts from. ``none``: the network and the
+learning-rate schedule go on as they are. ``lr``: the warmup-cosine learning rate restarts over
+the remaining steps (learning-rate rewinding, Renda et al. 2020), so the network the prior
+leaves trains at a full schedule again. ``weights``: every parameter and buffer goes back to its
+value at the start of the run and the optimizers' states are cleared, and the learning rate
+restarts too: the architecture the prior found trains from its initialization (weight
+rewinding to step 0, Frankle et al. 2019). Either way the removed channels are held at zero."""
+
+
+def check_rewind(rewind: str) -> str:
+    """``rewind`` when it is one of :data:`REWINDS`, else a :class:`~lilnetx.errors.ConfigError`."""
+    if rewind not in REWINDS:
+        from lilnetx.errors import ConfigError
+
+        raise ConfigError(f"channel_rewind must be one of {', '.join(REWINDS)}, but got "
+                          f"{str(rewind)[:40]!r}")
+    return rewind
+
+
 @torch.no_grad()
 def group_shrink(layers: dict[str, nn.Module], groups: ChannelGroups, step: float) -> None:
     """The proximal step of ``step * P`` (``step``: learning rate times ``lambda_channel``, in
