@@ -184,7 +184,8 @@ def measure(res: dict, settings: dict, threads_list: list[int], work: Path,
         out.update({f"mac_ratio_slim{n}": macs["dense"] / macs[f"slim{n}"],
                     f"conv2_widths_slim{n}": widths(nets[f"slim{n}"])})
     for threads in threads_list:
-        sessions = {k: onnx_session(str(p), threads=threads) for k, p in paths.items()}
+        sessions = {k: onnx_session(str(p), threads=threads, spinning=False)
+                    for k, p in paths.items()}
         for batch in BATCHES:
             x = torch.randn(batch, 1, 28, 28)
             xn = x.numpy().astype(np.float32)
@@ -296,7 +297,8 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
         f"{settings['rounds']} interleaved rounds x {settings['block']} passes of the dense and "
         "the slim network (`lilnetx.load` of the file, then `lilnetx.slim`), order alternating, "
         "medians; ONNX Runtime on the exported ONNX of each (CPU provider, intra-op threads as "
-        "given, one inter-op thread, all graph optimizations). Speedup = dense median / slim "
+        "given, one inter-op thread, all graph optimizations, intra-op spinning off: "
+        "`benchmarks/ort_spinning.py`). Speedup = dense median / slim "
         "median. MAC ratio = dense MACs / slim MACs (`lilnetx.count_macs`)."
         + (" Round_to N: `lilnetx.slim(..., round_to=N)` (every channel group of the dependency graph that loses "
            "channels keeps a multiple of N), timed in the same interleaved rounds."

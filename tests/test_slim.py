@@ -451,6 +451,24 @@ def test_onnx_latency_of_an_exported_slim_model(tmp_path):
     assert isinstance(ms, float) and ms > 0
 
 
+def test_onnx_session_spinning_is_the_onnxruntime_setting(tmp_path):
+    net, path, c, s = exported_slim("residual", tmp_path)
+    key = "session.intra_op.allow_spinning"
+    x = {"input": torch.randn(2, c, s, s).numpy()}
+    for spinning, want in ((True, ""), (False, "0")):
+        sess = onnx_session(path, threads=2, spinning=spinning)
+        opts = sess.get_session_options()
+        try:
+            got = opts.get_session_config_entry(key)
+        except Exception:  # onnxruntime raises for a key that was never set
+            got = ""
+        assert got == want
+        (out,) = sess.run(None, x)  # the same outputs either way
+        with torch.no_grad():
+            np.testing.assert_allclose(out, net(torch.from_numpy(x["input"])).numpy(),
+                                       rtol=1e-4, atol=1e-4)
+
+
 def test_onnx_latency_rejects_bad_input(tmp_path, monkeypatch):
     path = tmp_path / "known.onnx"
     export_onnx(_known_net(), torch.randn(1, 3, 8, 8), path)

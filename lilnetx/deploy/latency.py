@@ -75,10 +75,15 @@ def _median_ms(run, warmup: int, repeats: int, min_seconds: float) -> float:
     return 1000.0 * statistics.median(times)
 
 
-def onnx_session(model: str | os.PathLike | bytes, *, threads: int = 1):
+def onnx_session(model: str | os.PathLike | bytes, *, threads: int = 1, spinning: bool = True):
     """An ONNX Runtime inference session on the CPU provider for ``model`` (a path to an
     ``.onnx`` file, or its bytes): ``threads`` intra-op threads, one inter-op thread, sequential
     execution, every graph optimization enabled (BatchNorm folding, fusions).
+
+    ``spinning=False`` stops the intra-op threads from spin-waiting after a run (ONNX Runtime's
+    ``session.intra_op.allow_spinning``). Leave it on to time one session alone; turn it off
+    when several sessions of one process are timed in turn, where the spinning threads of the
+    one that just ran take the cores from the next (``benchmarks/ort_spinning.py``).
 
     Raises :class:`~lilnetx.errors.LilNetXError` when ``onnxruntime`` is not installed and
     :class:`~lilnetx.errors.ConfigError` for a bad thread count or a model ONNX Runtime cannot
@@ -96,6 +101,8 @@ def onnx_session(model: str | os.PathLike | bytes, *, threads: int = 1):
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     src = model if isinstance(model, bytes) else os.fspath(model)
     try:
         return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
