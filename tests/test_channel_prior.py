@@ -317,20 +317,25 @@ def test_channel_solver_removes_channels_and_slim_drops_them(digits, solver):
         torch.testing.assert_close(slim(x), dense(x), rtol=1e-4, atol=1e-4)
 
 
-def test_channel_solver_is_validated_and_searchable(tmp_path):
+def assert_searchable_choice(tmp_path, key: str, good: str, bad: str, extra: str = "") -> None:
+    """A space may search ``key`` over the choices ``good`` and is refused, naming the key, for
+    the choices ``bad``."""
     from explorer.space import load_space
 
-    with pytest.raises(ConfigError, match="channel_solver"):
-        TrainConfig(channel_solver="adam").validate()
     path = tmp_path / "s.yaml"
     path.write_text("name: s\nmodel: lenet5\ndataset: digits\nmethod: lilnetx\n"
-                    "objectives: {accuracy: max, size_bytes: min}\n"
-                    "params: {lambda_channel: 0.1, "
-                    "channel_solver: {choice: [gradient, proximal]}}\n")
-    assert "channel_solver" in load_space(str(path)).searched()
-    path.write_text(path.read_text().replace("gradient, proximal", "gradient, newton"))
-    with pytest.raises(ConfigError, match="channel_solver"):
+                    "objectives: {accuracy: max, size_bytes: min}\n" + extra
+                    + f"params: {{lambda_channel: 0.1, {key}: {{choice: [{good}]}}}}\n")
+    assert key in load_space(str(path)).searched()
+    path.write_text(path.read_text().replace(good, bad))
+    with pytest.raises(ConfigError, match=key):
         load_space(str(path))
+
+
+def test_channel_solver_is_validated_and_searchable(tmp_path):
+    with pytest.raises(ConfigError, match="channel_solver"):
+        TrainConfig(channel_solver="adam").validate()
+    assert_searchable_choice(tmp_path, "channel_solver", "gradient, proximal", "gradient, newton")
 
 
 def test_the_cli_offers_the_choices_the_library_knows():
@@ -383,7 +388,6 @@ def test_channel_rewind_weights_restarts_from_step_0_but_the_removed_channels():
 
 def test_channel_rewind_lr_keeps_the_weights_and_is_validated(tmp_path):
     from explorer.cli import build_parser
-    from explorer.space import load_space
     from lilnetx.core.channel_prior import REWINDS
     from lilnetx.train import _ChannelPrior
 
@@ -401,12 +405,5 @@ def test_channel_rewind_lr_keeps_the_weights_and_is_validated(tmp_path):
         TrainConfig(lambda_channel=0.1, channel_rewind="lr").validate()
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     assert tuple({a.dest: a for a in train._actions}["channel_rewind"].choices) == REWINDS
-    path = tmp_path / "s.yaml"
-    path.write_text("name: s\nmodel: lenet5\ndataset: digits\nmethod: lilnetx\n"
-                    "objectives: {accuracy: max, size_bytes: min}\n"
-                    "train: {channel_finetune: 0.5}\n"
-                    "params: {lambda_channel: 0.1, channel_rewind: {choice: [none, lr]}}\n")
-    assert "channel_rewind" in load_space(str(path)).searched()
-    path.write_text(path.read_text().replace("none, lr", "none, adam"))
-    with pytest.raises(ConfigError, match="channel_rewind"):
-        load_space(str(path))
+    assert_searchable_choice(tmp_path, "channel_rewind", "none, lr", "none, adam",
+                             "train: {channel_finetune: 0.5}\n")
