@@ -264,7 +264,8 @@ def runners(torch_nets: dict[str, nn.Module], onnx_paths: dict[str, str], x: tor
         runs[k] = (lambda n=net: n(x))
     feed = x.numpy()
     for name, path in onnx_paths.items():
-        sess = onnx_session(path, threads=threads)
+        # spinning off: the sessions are timed in turn (benchmarks/ort_spinning.py)
+        sess = onnx_session(path, threads=threads, spinning=False)
         inp = sess.get_inputs()[0].name
         runs[key(ORT, name)] = (lambda s=sess, i=inp: s.run(None, {i: feed}))
     return runs
@@ -435,8 +436,8 @@ def markdown(res: dict, command: str) -> str:
         + ("; `onnxruntime` the network exported with `lilnetx.deploy.export.export_onnx` "
            "(opset 17) and run by ONNX Runtime's CPU provider "
            "(`lilnetx.deploy.latency.onnx_session`: intra-op threads = the thread count, one "
-           "inter-op thread, all graph optimizations, so it folds BatchNorm and fuses ReLUs "
-           "itself; max |logit difference| to torch on 512 test images "
+           "inter-op thread, all graph optimizations, intra-op spinning off, so it folds "
+           "BatchNorm and fuses ReLUs itself; max |logit difference| to torch on 512 test images "
            + ", ".join(f"{k} {v:.1e}" for k, v in od.items()) + ")" if od else "")
         + ". Speedup = dense median / slim median in the same runtime"
         + (f"; `{rname} vs slim` = slim median / {rname} median (> 1: rounding is faster)"
