@@ -257,7 +257,9 @@ the remaining steps (learning-rate rewinding, Renda et al. 2020), so the network
 leaves trains at a full schedule again. ``weights``: every parameter and buffer goes back to its
 value at the start of the run and the optimizers' states are cleared, and the learning rate
 restarts too: the architecture the prior found trains from its initialization (weight
-rewinding to step 0, Frankle et al. 2019). Either way the removed channels are held at zero."""
+rewinding to step 0, Frankle et al. 2019; the run keeps a copy of the state at step 0, the
+model's size once more in memory on its device, until the switch). Either way the removed
+channels are held at zero."""
 
 
 def check_rewind(rewind: str) -> str:
