@@ -380,3 +380,15 @@ def test_console_script_bad_space(tmp_path: Path):
     assert proc.stdout == ""
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: objectives:"), proc.stderr
+
+
+def test_the_readme_lists_every_key_a_space_may_set():
+    """The README's "Searchable/fixable keys" are the schema's, in its order."""
+    import re
+    from pathlib import Path
+
+    from explorer.space import SPEC_KEYS, TRAIN_KEYS
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    listed = re.search(r"Searchable/fixable keys: `([^`]*)`", text).group(1).split()
+    assert listed == [*TRAIN_KEYS, *SPEC_KEYS]
