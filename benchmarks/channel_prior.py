@@ -64,7 +64,8 @@ def train_one(lam: float, settings: dict, out_dir: Path, seed: int) -> dict:
                       channel_scope=settings["channel_scope"],
                       channel_finetune=settings.get("channel_finetune", 0.0),
                       channel_solver=settings.get("channel_solver", "gradient"),
-                      channel_rewind=settings.get("channel_rewind", "none"), seed=seed,
+                      channel_rewind=settings.get("channel_rewind", "none"),
+                      channel_block=settings.get("channel_block", 1), seed=seed,
                       device="cpu")
     t0 = time.perf_counter()
     outcome = run(RunSpec(model="resnet20", dataset="fashion_mnist", limit=settings["limit"],
@@ -87,11 +88,11 @@ def _same_training(lam: float, kept: dict | None, settings: dict) -> bool:
     (without the prior, ``channel_scope``, ``channel_finetune`` and ``channel_solver`` change
     nothing; a kept summary without a solver was trained with the gradient one)."""
     drop = ({"channels", "channel_scope", "channel_finetune", "channel_solver",
-             "channel_rewind"} if lam == 0 else {"channels"})
+             "channel_rewind", "channel_block"} if lam == 0 else {"channels"})
 
     def trained(s: dict) -> dict:
         return {k: v for k, v in {"channel_solver": "gradient", "channel_rewind": "none",
-                                  **s}.items() if k not in drop}
+                                  "channel_block": 1, **s}.items() if k not in drop}
 
     return kept is not None and trained(kept) == trained(settings)
 
@@ -273,6 +274,8 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
         + (f", channel_solver {_solver(settings)}" if _solver(settings) != "gradient" else "")
         + (f", channel_rewind {settings['channel_rewind']}"
            if settings.get("channel_rewind", "none") != "none" else "")
+        + (f", channel_block {settings['channel_block']}"
+           if settings.get("channel_block", 1) != 1 else "")
         + ")", "",
         machine_line(), f"Load average before / after: {info['load_before']} / "
         f"{info['load_after']}.", "", "Reproduce:", "", "```",
@@ -291,6 +294,9 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
            "weights": ", channel_rewind weights (at the switch every weight back to its value "
            "at step 0 and the learning rate restarted: the architecture the prior found, "
            "trained from its initialization)"}.get(settings.get("channel_rewind", "none"), "")
+        + (f", channel_block {settings['channel_block']} (the prior shrinks and removes "
+           f"{settings['channel_block']} channels of a group at a time)"
+           if settings.get("channel_block", 1) != 1 else "")
         + ", seed "
         f"{info['seed']}, one torch thread per training "
         f"(two at a time); one training per `lambda_channel`, everything else equal. Latency: "
@@ -405,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
                     default=None, help="channel_solver of the trainings (default gradient)")
     ap.add_argument("--rewind", dest="channel_rewind", choices=("none", "lr", "weights"),
                     default=None, help="channel_rewind of the trainings (default none)")
+    ap.add_argument("--channel-block", dest="channel_block", type=int, default=None,
+                    help="channel_block of the trainings (default 1)")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--round-to", type=int, nargs="+", default=[8, 16],
                     help="also time lilnetx.slim(..., round_to=N) for each N (0: none)")
@@ -426,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = dict(QUICK if args.quick else FULL)
     for k in ("channels", "epochs", "limit", "channel_scope", "channel_finetune",
-              "channel_solver", "channel_rewind"):
+              "channel_solver", "channel_rewind", "channel_block"):
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)
     if 0.0 not in settings["channels"]:
@@ -476,6 +484,8 @@ def _report(rows, settings, args, argv, info) -> int:
         tag += f"_{_solver(settings)}"
     if settings.get("channel_rewind", "none") != "none":
         tag += f"_rewind_{settings['channel_rewind']}"
+    if settings.get("channel_block", 1) != 1:
+        tag += f"_block{settings['channel_block']}"
     if args.out:
         plot(rows, Path(str(PLOT).format(scope=tag)))
     publish(markdown(rows, settings, args.threads, argv, info).replace(

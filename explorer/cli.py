@@ -114,6 +114,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     t.add_argument("--channel-rewind", choices=("none", "lr", "weights"), default="none",
                    help="what the fine-tuning phase starts from: as it is, the learning rate "
                    "restarted, or the weights at step 0 too (default none)")
+    t.add_argument("--channel-block", type=int, default=1,
+                   help="channels the channel prior removes together, B at a time, so slim "
+                   "widths stay multiples of B (default 1)")
     t.add_argument("--warmup-epochs", type=_nonneg_float("--warmup-epochs"), default=None)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--rate-table", type=int, default=None,
@@ -308,6 +311,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         lambda_l2=args.lambda_l2, lambda_channel=args.lambda_channel,
         channel_scope=args.channel_scope, channel_finetune=args.channel_finetune,
         channel_solver=args.channel_solver, channel_rewind=args.channel_rewind,
+        channel_block=args.channel_block,
         warmup_epochs=args.warmup_epochs, seed=args.seed,
         device=args.device,
         **({} if args.rate_table is None else {"rate_table": args.rate_table}))

@@ -63,7 +63,8 @@ class TrainConfig:
     channel prior as a loss term) or ``proximal`` (a shrink of ``lr * lambda_channel`` per step
     after the optimizer step; :data:`lilnetx.core.channel_prior.SOLVERS`). ``channel_rewind``:
     what the fine-tuning phase starts from (``none``, ``lr`` or ``weights``;
-    :data:`lilnetx.core.channel_prior.REWINDS`).
+    :data:`lilnetx.core.channel_prior.REWINDS`). ``channel_block``: channels of one dependency
+    group that the prior shrinks and removes together, B at a time (default 1).
     """
 
     epochs: int = 5
@@ -78,6 +79,7 @@ class TrainConfig:
     channel_finetune: float = 0.0
     channel_solver: str = "gradient"
     channel_rewind: str = "none"
+    channel_block: int = 1
     warmup_epochs: float | None = None
     seed: int = 0
     device: str | None = None
@@ -99,6 +101,7 @@ class TrainConfig:
         check_scope(self.channel_scope)
         check_solver(self.channel_solver)
         check_rewind(self.channel_rewind)
+        check_positive_int("channel_block", self.channel_block)
         f = self.channel_finetune
         if isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f < 1:
             raise ConfigError(f"channel_finetune must be a fraction in [0, 1), but got "
@@ -282,7 +285,7 @@ class _ChannelPrior:
             groups = self._groups()
             dead = unread_channels(self._layers, groups)
             self.held = held_entries(groups, dead)
-            self.removed = int(dead.sum())  # one host read, once per run
+            self.removed = int(groups.widths[dead].sum())  # one host read, once per run
             if self._init is not None:  # back to step 0, the removed channels excepted
                 self.model.load_state_dict(self._init)
                 self._init = None
@@ -335,7 +338,8 @@ def fit(
 
         x0 = torch.as_tensor(splits.train[0][0])  # trace the coupled channels once, on the CPU
         model.channel_groups = build_channel_groups(
-            model, x0.unsqueeze(0).repeat(2, *([1] * x0.dim())), cfg.channel_scope)
+            model, x0.unsqueeze(0).repeat(2, *([1] * x0.dim())), cfg.channel_scope,
+            cfg.channel_block)
     model.to(device).train()
     torch.manual_seed(cfg.seed)  # the rate's training noise comes from the global generator
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -6,6 +6,7 @@ that slim can drop."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -407,3 +408,45 @@ def test_channel_rewind_lr_keeps_the_weights_and_is_validated(tmp_path):
     assert tuple({a.dest: a for a in train._actions}["channel_rewind"].choices) == REWINDS
     assert_searchable_choice(tmp_path, "channel_rewind", "none, lr", "none, adam",
                              "train: {channel_finetune: 0.5}\n")
+
+
+def test_channel_block_groups_consecutive_channels_and_removes_them_together(digits):
+    from lilnetx.train import fit
+
+    model = resnet()
+    one = build_channel_groups(model, torch.randn(2, 3, 32, 32), "all")
+    four = build_channel_groups(model, torch.randn(2, 3, 32, 32), "all", block=4)
+    assert int(one.widths.sum()) == int(four.widths.sum()) == one.channels
+    assert four.channels < one.channels and four.widths.max() == 4
+    assert float(four.sizes.sum()) == float(one.sizes.sum())  # every entry once, in its block
+    for members in four.members:  # a block: channels of one layer set, consecutive indices
+        idx = sorted({i for name, side, i in members if side == "out"})
+        assert idx == list(range(idx[0], idx[0] + len(idx))) and len(idx) <= 4
+    with pytest.raises(ConfigError, match="channel_block"):
+        TrainConfig(channel_block=0).validate()
+    # trained with blocks of 4, the proximal shrink zeroes whole blocks: every channel of a
+    # block is exactly zero or none is
+    from lilnetx.core.channel_prior import _channel_sumsq
+
+    torch.manual_seed(0)
+    net = convert(create_model("resnet20", in_channels=1, image_size=8, num_classes=10,
+                               width=0.5))
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.2, lambda_channel=0.15, channel_block=4,
+                      channel_solver="proximal", channel_scope="all", device="cpu")
+    fit(net, digits, cfg)
+    blocks = net.channel_groups.to("cpu")
+    assert blocks.widths.max() == 4
+    layers = dict(net.latent_layers())
+    x = torch.as_tensor(digits.test[0][0]).unsqueeze(0).repeat(2, 1, 1, 1)
+    per_channel = build_channel_groups(net, x, "all")
+    zero = (_channel_sumsq(layers, per_channel) == 0).tolist()
+    block_of = {m: b for b, ms in enumerate(blocks.members) for m in ms}
+    flags: dict[int, set[bool]] = {}
+    for c, ms in enumerate(per_channel.members):
+        flags.setdefault(block_of[ms[0]], set()).add(zero[c])
+    assert any(f == {True} for f in flags.values()) and any(f == {False} for f in flags.values())
+    assert all(len(f) == 1 for f in flags.values())
+    removed = [h["channels_removed"] for h in fit(
+        net, digits, replace(cfg, epochs=2, channel_finetune=0.5)).history
+        if "channels_removed" in h]
+    assert removed and removed[0] % 1 == 0 and removed[0] >= 4  # counted in channels

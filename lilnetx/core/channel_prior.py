@@ -53,13 +53,15 @@ class ChannelGroups:
         entries: per name, a LongTensor of flat indices into ``layer.latent.reshape(-1)``.
         channel: per name, a LongTensor (same length) of channel ids in ``[0, channels)``.
         sizes: float tensor ``(channels,)``, the entries of each channel.
+        widths: float tensor ``(channels,)``, the network channels of each (1 each, or up to
+            ``block`` with :func:`build_channel_groups`'s ``block``).
         groups: number of dependency groups; ``channels``: number of coupled channels.
         members: per channel id, ``[(layer name, "out"|"in", index)]`` (for reports and tests).
         reads: per name, a BoolTensor (same length as ``entries``): the entry belongs to a slice
             through which its layer reads the channel (``weight[:, c]``), not only writes it.
     """
 
-    def __init__(self, names, entries, channel, sizes, groups, members, reads):
+    def __init__(self, names, entries, channel, sizes, groups, members, reads, widths=None):
         self.names = names
         self.entries = entries
         self.channel = channel
@@ -67,6 +69,7 @@ class ChannelGroups:
         self.groups = groups
         self.members = members
         self.reads = reads
+        self.widths = widths if widths is not None else torch.ones_like(sizes)
 
     def unique_parts(self, name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``[(entries, channel)]`` of layer ``name`` in two parts, the reading entries and
@@ -86,7 +89,8 @@ class ChannelGroups:
         return ChannelGroups(self.names, {k: v.to(device) for k, v in self.entries.items()},
                              {k: v.to(device) for k, v in self.channel.items()},
                              self.sizes.to(device), self.groups, self.members,
-                             {k: v.to(device) for k, v in self.reads.items()})
+                             {k: v.to(device) for k, v in self.reads.items()},
+                             self.widths.to(device))
 
 
 SCOPES = ("coupled", "all")
@@ -105,11 +109,18 @@ def check_scope(scope: str) -> str:
     return scope
 
 
-def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled") -> ChannelGroups:
+def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled",
+                         block: int = 1) -> ChannelGroups:
     """The coupled channels of LilNetX ``model`` (a :class:`~lilnetx.core.model.LilNetXModel`)
     traced on ``example`` (a batch shaped like the input, N x C x H x W), in ``scope`` (one of
-    :data:`SCOPES`). Requires ``torch_pruning``."""
+    :data:`SCOPES`). With ``block`` B > 1 every B consecutive channels of a dependency group
+    form one prior group (``widths`` holds the channels of each), so the prior removes channels
+    B at a time and the slim widths stay multiples of B where the group's width is. Requires
+    ``torch_pruning``."""
     check_scope(scope)
+    from lilnetx.errors import check_positive_int
+
+    check_positive_int("channel_block", block)
     from lilnetx.core.model import decode
     from lilnetx.deploy.slimming import _channel_groups as channel_groups
     from lilnetx.deploy.slimming import _is_reader
@@ -120,6 +131,7 @@ def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled") -
     latent = dict(model.latent_layers())
     parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     members: list[list[tuple[str, str, int]]] = []
+    widths: list[int] = []
     for group in groups:
         root = group[0].dep.target.module
         n = dg.get_out_channels(root)
@@ -131,7 +143,8 @@ def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled") -
         if scope == "coupled" and len(writers) < 2:
             continue
         base = len(members)
-        members.extend([] for _ in range(n))
+        members.extend([] for _ in range(-(-n // block)))
+        widths.extend(min(block, n - b * block) for b in range(-(-n // block)))
         for item in group.items:
             module, fn = item.dep.target.module, item.dep.handler
             name = name_of.get(id(module))
@@ -146,7 +159,7 @@ def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled") -
             reads = (torch.arange(shape[0])[:, None] * per_out + torch.arange(inner)[None, :]
                      ).reshape(-1)
             for idx, r in zip(item.idxs, item.root_idxs, strict=True):
-                cid, idx = base + int(r), int(idx)
+                cid, idx = base + int(r) // block, int(idx)
                 members[cid].append((name, "out" if out_side else "in", idx))
                 e = (torch.arange(idx * per_out, (idx + 1) * per_out) if out_side
                      else reads + idx * inner)
@@ -166,13 +179,14 @@ def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled") -
         inward = torch.cat([r for _, _, r in parts[n]])
         reads[n][torch.searchsorted(key, raw[inward])] = True
         sizes.index_add_(0, channel[n], torch.ones(key.numel()))
+    width = torch.tensor(widths, dtype=sizes.dtype)
     keep = sizes > 0  # channels without any latent entry (e.g. only BatchNorm) drop out
     if not bool(keep.all()):
         remap = torch.cumsum(keep.long(), 0) - 1
         channel = {n: remap[c] for n, c in channel.items()}
         members = [m for m, k in zip(members, keep.tolist(), strict=True) if k]
-        sizes = sizes[keep]
-    return ChannelGroups(names, entries, channel, sizes, len(groups), members, reads)
+        sizes, width = sizes[keep], width[keep]
+    return ChannelGroups(names, entries, channel, sizes, len(groups), members, reads, width)
 
 
 def _channel_sumsq(layers: dict[str, nn.Module], groups: ChannelGroups) -> torch.Tensor | None:
