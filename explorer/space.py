@@ -336,18 +336,10 @@ def _check_param(path: str, key: str, spec: Any) -> None:
 
     mparam = all_params().get(key)
     strings = mparam.choices if mparam is not None and mparam.kind is str else None
-    if key == "channel_scope":
-        from lilnetx.core.channel_prior import SCOPES
+    if key.startswith("channel_"):
+        from lilnetx.core.channel_prior import CHOICES
 
-        strings = SCOPES
-    if key == "channel_solver":
-        from lilnetx.core.channel_prior import SOLVERS
-
-        strings = SOLVERS
-    if key == "channel_rewind":
-        from lilnetx.core.channel_prior import REWINDS
-
-        strings = REWINDS
+        strings = CHOICES.get(key, strings)
     is_int = key in _INT_KEYS or (mparam is not None and mparam.kind is int)
 
     def check_value(v: Any, in_choice: bool = False) -> None:

@@ -93,6 +93,22 @@ class ChannelGroups:
                              self.widths.to(device))
 
 
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> str:
+    """``value`` when it is one of ``choices``, else a :class:`~lilnetx.errors.ConfigError`
+    naming ``key`` (the value clipped to 40 characters)."""
+    if value not in choices:
+        from lilnetx.errors import ConfigError
+
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, but got "
+                          f"{str(value)[:40]!r}")
+    return value
+
+
+CHOICES: dict[str, tuple[str, ...]] = {}
+"""The string choices of the channel prior's options, by ``TrainConfig`` field (filled below):
+what the sweep schema checks a space's values against."""
+
+
 SCOPES = ("coupled", "all")
 """``coupled``: only the channels of groups that more than one layer writes (residual streams,
 depthwise pairs, concatenated branches), the slice prior alone acting on the others; ``all``:
@@ -101,12 +117,7 @@ every channel of every group (a plain conv's output channels too)."""
 
 def check_scope(scope: str) -> str:
     """``scope`` when it is one of :data:`SCOPES`, else a :class:`~lilnetx.errors.ConfigError`."""
-    if scope not in SCOPES:
-        from lilnetx.errors import ConfigError
-
-        raise ConfigError(f"channel_scope must be one of {', '.join(SCOPES)}, but got "
-                          f"{str(scope)[:40]!r}")
-    return scope
+    return _check_choice("channel_scope", scope, SCOPES)
 
 
 def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled",
@@ -143,8 +154,9 @@ def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled",
         if scope == "coupled" and len(writers) < 2:
             continue
         base = len(members)
-        members.extend([] for _ in range(-(-n // block)))
-        widths.extend(min(block, n - b * block) for b in range(-(-n // block)))
+        blocks = -(-n // block)
+        members.extend([] for _ in range(blocks))
+        widths.extend(min(block, n - b * block) for b in range(blocks))
         for item in group.items:
             module, fn = item.dep.target.module, item.dep.handler
             name = name_of.get(id(module))
@@ -256,12 +268,7 @@ channel whose root mean square falls under it is set to exactly zero."""
 
 def check_solver(solver: str) -> str:
     """``solver`` when it is one of :data:`SOLVERS`, else a :class:`~lilnetx.errors.ConfigError`."""
-    if solver not in SOLVERS:
-        from lilnetx.errors import ConfigError
-
-        raise ConfigError(f"channel_solver must be one of {', '.join(SOLVERS)}, but got "
-                          f"{str(solver)[:40]!r}")
-    return solver
+    return _check_choice("channel_solver", solver, SOLVERS)
 
 
 REWINDS = ("none", "lr", "weights")
@@ -276,14 +283,12 @@ model's size once more in memory on its device, until the switch). Either way th
 channels are held at zero."""
 
 
+CHOICES.update(channel_scope=SCOPES, channel_solver=SOLVERS, channel_rewind=REWINDS)
+
+
 def check_rewind(rewind: str) -> str:
     """``rewind`` when it is one of :data:`REWINDS`, else a :class:`~lilnetx.errors.ConfigError`."""
-    if rewind not in REWINDS:
-        from lilnetx.errors import ConfigError
-
-        raise ConfigError(f"channel_rewind must be one of {', '.join(REWINDS)}, but got "
-                          f"{str(rewind)[:40]!r}")
-    return rewind
+    return _check_choice("channel_rewind", rewind, REWINDS)
 
 
 @torch.no_grad()
