@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from lilnetx.core.channel_options import CHOICES
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 SECTION = "channel_prior_{scope}"
@@ -65,7 +67,8 @@ def train_one(lam: float, settings: dict, out_dir: Path, seed: int) -> dict:
                       channel_finetune=settings.get("channel_finetune", 0.0),
                       channel_solver=settings.get("channel_solver", "gradient"),
                       channel_rewind=settings.get("channel_rewind", "none"),
-                      channel_block=settings.get("channel_block", 1), seed=seed,
+                      channel_block=settings.get("channel_block", 1),
+                      channel_cost=settings.get("channel_cost", "params"), seed=seed,
                       device="cpu")
     t0 = time.perf_counter()
     outcome = run(RunSpec(model="resnet20", dataset="fashion_mnist", limit=settings["limit"],
@@ -88,11 +91,12 @@ def _same_training(lam: float, kept: dict | None, settings: dict) -> bool:
     (without the prior, ``channel_scope``, ``channel_finetune`` and ``channel_solver`` change
     nothing; a kept summary without a solver was trained with the gradient one)."""
     drop = ({"channels", "channel_scope", "channel_finetune", "channel_solver",
-             "channel_rewind", "channel_block"} if lam == 0 else {"channels"})
+             "channel_rewind", "channel_block", "channel_cost"} if lam == 0 else {"channels"})
 
     def trained(s: dict) -> dict:
         return {k: v for k, v in {"channel_solver": "gradient", "channel_rewind": "none",
-                                  "channel_block": 1, **s}.items() if k not in drop}
+                                  "channel_block": 1, "channel_cost": "params",
+                                  **s}.items() if k not in drop}
 
     return kept is not None and trained(kept) == trained(settings)
 
@@ -276,6 +280,8 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
            if settings.get("channel_rewind", "none") != "none" else "")
         + (f", channel_block {settings['channel_block']}"
            if settings.get("channel_block", 1) != 1 else "")
+        + (f", channel_cost {settings['channel_cost']}"
+           if settings.get("channel_cost", "params") != "params" else "")
         + ")", "",
         machine_line(), f"Load average before / after: {info['load_before']} / "
         f"{info['load_after']}.", "", "Reproduce:", "", "```",
@@ -297,6 +303,9 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
         + (f", channel_block {settings['channel_block']} (the prior shrinks and removes "
            f"{settings['channel_block']} channels of a group at a time)"
            if settings.get("channel_block", 1) != 1 else "")
+        + (", channel_cost macs (each channel's prior term weighted by its multiply-accumulates"
+           " per weight, mean 1: MorphNet-style)"
+           if settings.get("channel_cost", "params") == "macs" else "")
         + ", seed "
         f"{info['seed']}, one torch thread per training "
         f"(two at a time); one training per `lambda_channel`, everything else equal. Latency: "
@@ -413,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
                     default=None, help="channel_rewind of the trainings (default none)")
     ap.add_argument("--channel-block", dest="channel_block", type=int, default=None,
                     help="channel_block of the trainings (default 1)")
+    ap.add_argument("--cost", dest="channel_cost", choices=CHOICES["channel_cost"], default=None,
+                    help="channel_cost of the trainings (default params)")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--round-to", type=int, nargs="+", default=[8, 16],
                     help="also time lilnetx.slim(..., round_to=N) for each N (0: none)")
@@ -434,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = dict(QUICK if args.quick else FULL)
     for k in ("channels", "epochs", "limit", "channel_scope", "channel_finetune",
-              "channel_solver", "channel_rewind", "channel_block"):
+              "channel_solver", "channel_rewind", "channel_block", "channel_cost"):
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)
     if 0.0 not in settings["channels"]:
@@ -486,6 +497,8 @@ def _report(rows, settings, args, argv, info) -> int:
         tag += f"_rewind_{settings['channel_rewind']}"
     if settings.get("channel_block", 1) != 1:
         tag += f"_block{settings['channel_block']}"
+    if settings.get("channel_cost", "params") != "params":
+        tag += f"_{settings['channel_cost']}"
     if args.out:
         plot(rows, Path(str(PLOT).format(scope=tag)))
     publish(markdown(rows, settings, args.threads, argv, info).replace(

@@ -12,6 +12,7 @@ import math
 import sys
 from collections.abc import Callable
 
+from lilnetx.core.channel_options import CHOICES
 from lilnetx.errors import ConfigError
 
 EXIT_BAD_INPUT = 2
@@ -102,21 +103,24 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     t.add_argument("--lambda-l2", type=_nonneg_float("--lambda-l2"), default=1e-6)
     t.add_argument("--lambda-channel", type=_nonneg_float("--lambda-channel"), default=0.0,
                    help="weight of the coupled-channel group prior (LilNetX models; 0: off)")
-    t.add_argument("--channel-scope", choices=("coupled", "all"), default="coupled",
+    t.add_argument("--channel-scope", choices=CHOICES["channel_scope"], default="coupled",
                    help="channels the prior acts on: those several layers write (residual "
                    "streams), or every channel")
     t.add_argument("--channel-finetune", type=_fraction("--channel-finetune"), default=0.0,
                    help="fraction of the steps, at the end, that fine-tune without the "
                    "channel prior, the channels it removed held at zero (default 0)")
-    t.add_argument("--channel-solver", choices=("gradient", "proximal"), default="gradient",
+    t.add_argument("--channel-solver", choices=CHOICES["channel_solver"], default="gradient",
                    help="how the channel prior acts: a loss term through Adam, or a proximal "
                    "shrink of lr * lambda_channel per step after it (default gradient)")
-    t.add_argument("--channel-rewind", choices=("none", "lr", "weights"), default="none",
+    t.add_argument("--channel-rewind", choices=CHOICES["channel_rewind"], default="none",
                    help="what the fine-tuning phase starts from: as it is, the learning rate "
                    "restarted, or the weights at step 0 too (default none)")
     t.add_argument("--channel-block", type=int, default=1,
                    help="channels the channel prior removes together, B at a time, so slim "
                    "widths stay multiples of B (default 1)")
+    t.add_argument("--channel-cost", choices=CHOICES["channel_cost"], default="params",
+                   help="what a channel costs the prior: its weights, or its multiply-"
+                   "accumulates (MorphNet-style; first-stage channels pulled hardest)")
     t.add_argument("--warmup-epochs", type=_nonneg_float("--warmup-epochs"), default=None)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--rate-table", type=int, default=None,
@@ -311,7 +315,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         lambda_l2=args.lambda_l2, lambda_channel=args.lambda_channel,
         channel_scope=args.channel_scope, channel_finetune=args.channel_finetune,
         channel_solver=args.channel_solver, channel_rewind=args.channel_rewind,
-        channel_block=args.channel_block,
+        channel_block=args.channel_block, channel_cost=args.channel_cost,
         warmup_epochs=args.warmup_epochs, seed=args.seed,
         device=args.device,
         **({} if args.rate_table is None else {"rate_table": args.rate_table}))

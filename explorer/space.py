@@ -21,7 +21,7 @@ from .safe_yaml import clip, load_file, show
 
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "prior_lr", "lambda_rate", "lambda_sparsity",
               "lambda_l2", "lambda_channel", "channel_scope", "channel_finetune", "channel_solver",
-              "channel_rewind", "channel_block",
+              "channel_rewind", "channel_block", "channel_cost",
               "warmup_epochs", "seed", "rate_table")
 """Hyperparameters of :class:`lilnetx.TrainConfig` a space may fix or search."""
 SPEC_KEYS = ("width", "limit", "val_fraction")
@@ -337,7 +337,7 @@ def _check_param(path: str, key: str, spec: Any) -> None:
     mparam = all_params().get(key)
     strings = mparam.choices if mparam is not None and mparam.kind is str else None
     if key.startswith("channel_"):
-        from lilnetx.core.channel_prior import CHOICES
+        from lilnetx.core.channel_options import CHOICES
 
         strings = CHOICES.get(key, strings)
     is_int = key in _INT_KEYS or (mparam is not None and mparam.kind is int)

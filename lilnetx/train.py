@@ -65,6 +65,8 @@ class TrainConfig:
     what the fine-tuning phase starts from (``none``, ``lr`` or ``weights``;
     :data:`lilnetx.core.channel_prior.REWINDS`). ``channel_block``: channels of one dependency
     group that the prior shrinks and removes together, B at a time (default 1).
+    ``channel_cost``: ``params`` or ``macs`` (each channel's term weighted by its
+    multiply-accumulates; :data:`lilnetx.core.channel_prior.COSTS`).
     """
 
     epochs: int = 5
@@ -80,6 +82,7 @@ class TrainConfig:
     channel_solver: str = "gradient"
     channel_rewind: str = "none"
     channel_block: int = 1
+    channel_cost: str = "params"
     warmup_epochs: float | None = None
     seed: int = 0
     device: str | None = None
@@ -96,9 +99,15 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, but got {self.lr}")
         if self.warmup_epochs is not None:
             check_nonnegative("warmup_epochs", self.warmup_epochs)
-        from lilnetx.core.channel_prior import check_rewind, check_scope, check_solver
+        from lilnetx.core.channel_prior import (
+            check_cost,
+            check_rewind,
+            check_scope,
+            check_solver,
+        )
 
         check_scope(self.channel_scope)
+        check_cost(self.channel_cost)
         check_solver(self.channel_solver)
         check_rewind(self.channel_rewind)
         check_positive_int("channel_block", self.channel_block)
@@ -332,14 +341,14 @@ def fit(
     """
     cfg.validate()
     device = pick_device(cfg.device)
+    key = (cfg.channel_scope, cfg.channel_block, cfg.channel_cost)
     if cfg.lambda_channel > 0 and isinstance(model, LilNetXModel) and (
-            model.channel_groups is None):
+            model.channel_groups is None or model.channel_groups.key != key):
         from lilnetx.core.channel_prior import build_channel_groups
 
         x0 = torch.as_tensor(splits.train[0][0])  # trace the coupled channels once, on the CPU
         model.channel_groups = build_channel_groups(
-            model, x0.unsqueeze(0).repeat(2, *([1] * x0.dim())), cfg.channel_scope,
-            cfg.channel_block)
+            model, x0.unsqueeze(0).repeat(2, *([1] * x0.dim())), *key)
     model.to(device).train()
     torch.manual_seed(cfg.seed)  # the rate's training noise comes from the global generator
     gen = torch.Generator().manual_seed(cfg.seed)

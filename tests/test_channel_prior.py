@@ -450,3 +450,81 @@ def test_channel_block_groups_consecutive_channels_and_removes_them_together(dig
         net, digits, replace(cfg, epochs=2, channel_finetune=0.5)).history
         if "channels_removed" in h]
     assert removed and removed[0] % 1 == 0 and removed[0] >= 4  # counted in channels
+
+
+def test_channel_cost_macs_weights_each_channel_by_its_multiply_accumulates():
+    """``cost="macs"``: a channel's multiplier is the mean output positions of its entries'
+    layers over that mean across all entries (brute force from the members list and the layers'
+    output shapes), the entry-weighted mean is 1, the first stage (32 x 32) weighs 16x the last
+    (8 x 8), the value is the weighted group lasso, and the proximal shrink removes the heaviest
+    channels first."""
+    from lilnetx.core.channel_prior import _channel_sumsq, group_shrink
+    from lilnetx.core.model import decode
+
+    model = resnet()
+    x = torch.randn(2, 3, 32, 32)
+    plain = decode(model)
+    outs = {}
+    for name, m in plain.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(lambda mod, i, o, name=name: outs.__setitem__(
+                name, o.shape[2] * o.shape[3]))
+    plain(x)
+    params = build_channel_groups(model, x, "all")
+    macs = build_channel_groups(model, x, "all", cost="macs")
+    assert params.weight.eq(1).all() and macs.key == ("all", 1, "macs")
+    layers = dict(model.latent_layers())
+    per_entry = []
+    for members in macs.members:  # each entry once per channel, with its layer
+        seen: dict[tuple[str, int], int] = {}
+        for name, side, idx in members:
+            w = torch.arange(layers[name].latent.numel()).reshape(layers[name].weight_shape)
+            for i in (w[idx] if side == "out" else w[:, idx]).reshape(-1).tolist():
+                seen[(name, i)] = outs.get(name, 1)
+        per_entry.append(list(seen.values()))
+    mean = sum(map(sum, per_entry)) / sum(map(len, per_entry))
+    want = torch.tensor([sum(v) / len(v) / mean for v in per_entry])
+    torch.testing.assert_close(macs.weight, want)
+    assert float((macs.weight * macs.sizes).sum() / macs.sizes.sum()) == pytest.approx(1.0)
+    def inner(block):  # the channels a block's conv1 writes and its conv2 reads, only those
+        return [i for i, ms in enumerate(macs.members)
+                if {(n, s) for n, s, _ in ms} == {(f"layers.{block}.conv1", "out"),
+                                                   (f"layers.{block}.conv2", "in")}]
+
+    stage1, stage3 = inner(0), inner(8)
+    assert stage1 and stage3
+    assert float(macs.weight[stage1].min()) == pytest.approx(16 * float(macs.weight[stage3].max()))
+    torch.testing.assert_close(
+        channel_group_lasso(layers, macs),
+        (macs.weight * macs.sizes.sqrt()
+         * torch.sqrt(_channel_sumsq(layers, macs) + 1e-12)).sum())
+    with torch.no_grad():
+        for m in layers.values():
+            m.latent.fill_(1.0)
+    step = 1.5 / float(macs.weight.max())  # kills a channel of rms 1 when its weight > 2/3 max
+    group_shrink(layers, macs, step)
+    sums = _channel_sumsq(layers, macs)
+    heavy, light = macs.weight * step >= 1, macs.weight == macs.weight.min()
+    assert heavy.any() and sums[heavy].eq(0).all() and sums[light].gt(0).all()
+
+
+def test_channel_cost_is_validated_searchable_and_rebuilds_the_groups(tmp_path, digits):
+    from explorer.cli import build_parser
+    from lilnetx.core.channel_prior import COSTS
+    from lilnetx.train import fit
+
+    with pytest.raises(ConfigError, match="channel_cost"):
+        TrainConfig(channel_cost="flops").validate()
+    assert_searchable_choice(tmp_path, "channel_cost", "params, macs", "params, flops")
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    assert tuple({a.dest: a for a in train._actions}["channel_cost"].choices) == COSTS
+    torch.manual_seed(0)
+    net = convert(create_model("resnet20", in_channels=1, image_size=8, num_classes=10,
+                               width=0.25))
+    cfg = TrainConfig(epochs=1, batch_size=256, lambda_channel=0.01, channel_scope="all",
+                      channel_solver="proximal", device="cpu")
+    fit(net, digits, cfg)
+    assert net.channel_groups.key == ("all", 1, "params")
+    fit(net, digits, replace(cfg, channel_cost="macs"))  # another cost: the groups follow
+    assert net.channel_groups.key == ("all", 1, "macs")
+    assert not net.channel_groups.weight.eq(1).all()

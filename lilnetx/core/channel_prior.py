@@ -16,7 +16,10 @@ excluded; with ``scope="all"``, every group's channels) it takes the latent entr
 and penalizes their L2 norm, each channel weighted by the square root of its number of entries
 ``n_c`` (the group lasso of Yuan and Lin, 2006)::
 
-    P = sum over channels c of sqrt(n_c) * sqrt(sum of lat_e^2 over the entries e of c + eps)
+    P = sum over channels c of m_c * sqrt(n_c) * sqrt(sum of lat_e^2 over the entries e of c + eps)
+
+with ``m_c`` = 1 unless the channels are weighted by their multiply-accumulates (``cost="macs"``,
+:data:`COSTS`).
 
 The ``sqrt(n_c)`` weight normalizes for group size: the pull on one entry is
 ``lambda * lat_e / rms_c`` (``rms_c`` the root mean square of its channel's entries), the same
@@ -42,6 +45,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lilnetx.core.channel_options import (  # noqa: F401  (re-exported: the options' home)
+    CHOICES,
+    COSTS,
+    REWINDS,
+    SCOPES,
+    SOLVERS,
+    check_cost,
+    check_rewind,
+    check_scope,
+    check_solver,
+)
+
 _EPS = 1e-12
 
 
@@ -55,13 +70,17 @@ class ChannelGroups:
         sizes: float tensor ``(channels,)``, the entries of each channel.
         widths: float tensor ``(channels,)``, the network channels of each (1 each, or up to
             ``block`` with :func:`build_channel_groups`'s ``block``).
+        weight: float tensor ``(channels,)``, each channel's cost multiplier in the prior (1
+            each with ``cost="params"``; see :data:`COSTS`).
+        key: ``(scope, block, cost)`` the groups were built with.
         groups: number of dependency groups; ``channels``: number of coupled channels.
         members: per channel id, ``[(layer name, "out"|"in", index)]`` (for reports and tests).
         reads: per name, a BoolTensor (same length as ``entries``): the entry belongs to a slice
             through which its layer reads the channel (``weight[:, c]``), not only writes it.
     """
 
-    def __init__(self, names, entries, channel, sizes, groups, members, reads, widths=None):
+    def __init__(self, names, entries, channel, sizes, groups, members, reads, widths=None,
+                 weight=None, key=("coupled", 1, "params")):
         self.names = names
         self.entries = entries
         self.channel = channel
@@ -70,6 +89,8 @@ class ChannelGroups:
         self.members = members
         self.reads = reads
         self.widths = widths if widths is not None else torch.ones_like(sizes)
+        self.weight = weight if weight is not None else torch.ones_like(sizes)
+        self.key = key
 
     def unique_parts(self, name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``[(entries, channel)]`` of layer ``name`` in two parts, the reading entries and
@@ -90,45 +111,40 @@ class ChannelGroups:
                              {k: v.to(device) for k, v in self.channel.items()},
                              self.sizes.to(device), self.groups, self.members,
                              {k: v.to(device) for k, v in self.reads.items()},
-                             self.widths.to(device))
+                             self.widths.to(device), self.weight.to(device), self.key)
 
 
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> str:
-    """``value`` when it is one of ``choices``, else a :class:`~lilnetx.errors.ConfigError`
-    naming ``key`` (the value clipped to 40 characters)."""
-    if value not in choices:
-        from lilnetx.errors import ConfigError
-
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}, but got "
-                          f"{str(value)[:40]!r}")
-    return value
-
-
-CHOICES: dict[str, tuple[str, ...]] = {}
-"""The string choices of the channel prior's options, by ``TrainConfig`` field (filled below):
-what the sweep schema checks a space's values against."""
-
-
-SCOPES = ("coupled", "all")
-"""``coupled``: only the channels of groups that more than one layer writes (residual streams,
-depthwise pairs, concatenated branches), the slice prior alone acting on the others; ``all``:
-every channel of every group (a plain conv's output channels too)."""
-
-
-def check_scope(scope: str) -> str:
-    """``scope`` when it is one of :data:`SCOPES`, else a :class:`~lilnetx.errors.ConfigError`."""
-    return _check_choice("channel_scope", scope, SCOPES)
+def _output_positions(net: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Per conv/linear module name of ``net``, the output positions one weight entry is used at
+    on ``example`` (``H_out * W_out`` of a Conv2d; a linear layer's output numel over its batch
+    and features, 1 for an ``N x F`` input): one forward pass with hooks."""
+    seen: dict[str, int] = {}
+    hooks = []
+    for name, m in net.named_modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            def hook(mod, _inp, out, name=name):
+                feats = out.shape[1] if isinstance(mod, nn.Conv2d) else out.shape[-1]
+                seen[name] = max(1, out.numel() // (out.shape[0] * feats))
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            net(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
 
 
 def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled",
-                         block: int = 1) -> ChannelGroups:
+                         block: int = 1, cost: str = "params") -> ChannelGroups:
     """The coupled channels of LilNetX ``model`` (a :class:`~lilnetx.core.model.LilNetXModel`)
     traced on ``example`` (a batch shaped like the input, N x C x H x W), in ``scope`` (one of
     :data:`SCOPES`). With ``block`` B > 1 every B consecutive channels of a dependency group
     form one prior group (``widths`` holds the channels of each), so the prior removes channels
-    B at a time and the slim widths stay multiples of B where the group's width is. Requires
-    ``torch_pruning``."""
+    B at a time and the slim widths stay multiples of B where the group's width is. ``cost``
+    (one of :data:`COSTS`) sets each channel's ``weight``. Requires ``torch_pruning``."""
     check_scope(scope)
+    check_cost(cost)
     from lilnetx.errors import check_positive_int
 
     check_positive_int("channel_block", block)
@@ -138,6 +154,7 @@ def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled",
 
     plain = decode(model).eval()
     dg, groups = channel_groups(plain, example.detach().cpu())
+    positions = _output_positions(plain, example.detach().cpu()) if cost == "macs" else {}
     name_of = {id(m): n for n, m in plain.named_modules()}
     latent = dict(model.latent_layers())
     parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -180,6 +197,7 @@ def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled",
     names = [n for n in latent if n in parts]
     entries, channel, reads = {}, {}, {}
     sizes = torch.zeros(len(members))
+    macs = torch.zeros(len(members))
     for n in names:
         cids = torch.cat([c for c, _, _ in parts[n]])
         es = torch.cat([e for _, e, _ in parts[n]])
@@ -191,14 +209,17 @@ def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled",
         inward = torch.cat([r for _, _, r in parts[n]])
         reads[n][torch.searchsorted(key, raw[inward])] = True
         sizes.index_add_(0, channel[n], torch.ones(key.numel()))
+        macs.index_add_(0, channel[n], torch.full((key.numel(),), float(positions.get(n, 1))))
     width = torch.tensor(widths, dtype=sizes.dtype)
     keep = sizes > 0  # channels without any latent entry (e.g. only BatchNorm) drop out
     if not bool(keep.all()):
         remap = torch.cumsum(keep.long(), 0) - 1
         channel = {n: remap[c] for n, c in channel.items()}
         members = [m for m, k in zip(members, keep.tolist(), strict=True) if k]
-        sizes, width = sizes[keep], width[keep]
-    return ChannelGroups(names, entries, channel, sizes, len(groups), members, reads, width)
+        sizes, width, macs = sizes[keep], width[keep], macs[keep]
+    weight = (macs / sizes) / (macs.sum() / sizes.sum()) if cost == "macs" and len(sizes) else None
+    return ChannelGroups(names, entries, channel, sizes, len(groups), members, reads, width,
+                         weight, (scope, block, cost))
 
 
 def _channel_sumsq(layers: dict[str, nn.Module], groups: ChannelGroups) -> torch.Tensor | None:
@@ -220,7 +241,7 @@ def channel_group_lasso(layers: dict[str, nn.Module], groups: ChannelGroups) -> 
     sums = _channel_sumsq(layers, groups)
     if sums is None:
         return torch.zeros(())
-    return (groups.sizes.sqrt() * torch.sqrt(sums + _EPS)).sum()
+    return (groups.weight * groups.sizes.sqrt() * torch.sqrt(sums + _EPS)).sum()
 
 
 @torch.no_grad()
@@ -254,56 +275,21 @@ def hold_at_zero(layers: dict[str, nn.Module], held: dict[str, torch.Tensor]) ->
         layers[n].latent.view(-1).index_fill_(0, idx, 0.0)
 
 
-SOLVERS = ("gradient", "proximal")
-"""How the prior acts. ``gradient``: ``lambda_channel * P`` is a term of the loss, and its
-gradient goes through Adam with the task's. Adam divides every gradient by its own running scale,
-so a small, steady pull toward zero moves an entry whose task gradient is small or noisy by up to
-a full learning-rate step, whatever the weight: measured, the kept channels lose 88-98% of their
-slices even at small weights. ``proximal``: the prior is not in the loss; after every optimizer
-step each channel is shrunk by the proximal operator of ``lr * lambda_channel * P`` (group
-soft-thresholding, :func:`group_shrink`), decoupled from Adam as AdamW decouples weight decay, so
-the shrink is ``lr * lambda_channel`` per step in latent units, a fraction of Adam's step, and a
-channel whose root mean square falls under it is set to exactly zero."""
-
-
-def check_solver(solver: str) -> str:
-    """``solver`` when it is one of :data:`SOLVERS`, else a :class:`~lilnetx.errors.ConfigError`."""
-    return _check_choice("channel_solver", solver, SOLVERS)
-
-
-REWINDS = ("none", "lr", "weights")
-"""What the fine-tuning phase of ``channel_finetune`` starts from. ``none``: the network and the
-learning-rate schedule go on as they are. ``lr``: the warmup-cosine learning rate restarts over
-the remaining steps (learning-rate rewinding, Renda et al. 2020), so the network the prior
-leaves trains at a full schedule again. ``weights``: every parameter and buffer goes back to its
-value at the start of the run and the optimizers' states are cleared, and the learning rate
-restarts too: the architecture the prior found trains from its initialization (weight
-rewinding to step 0, Frankle et al. 2019; the run keeps a copy of the state at step 0, the
-model's size once more in memory on its device, until the switch). Either way the removed
-channels are held at zero."""
-
-
-CHOICES.update(channel_scope=SCOPES, channel_solver=SOLVERS, channel_rewind=REWINDS)
-
-
-def check_rewind(rewind: str) -> str:
-    """``rewind`` when it is one of :data:`REWINDS`, else a :class:`~lilnetx.errors.ConfigError`."""
-    return _check_choice("channel_rewind", rewind, REWINDS)
-
 
 @torch.no_grad()
 def group_shrink(layers: dict[str, nn.Module], groups: ChannelGroups, step: float) -> None:
     """The proximal step of ``step * P`` (``step``: learning rate times ``lambda_channel``, in
-    latent units), in place: every channel ``c`` is scaled by ``max(0, 1 - step / rms_c)``, with
-    ``rms_c`` the root mean square of its entries (``P`` weights each channel's norm by
-    ``sqrt(n_c)``), so a channel whose ``rms_c <= step`` becomes exactly zero. An entry of two
+    latent units), in place: every channel ``c`` is scaled by ``max(0, 1 - step * m_c / rms_c)``,
+    with ``rms_c`` the root mean square of its entries and ``m_c`` its ``weight`` (``P`` weights
+    each channel's norm by ``m_c * sqrt(n_c)``), so a channel whose ``rms_c <= step * m_c``
+    becomes exactly zero. An entry of two
     channels (a conv weight that writes one coupled channel and reads another) is scaled by both
     factors, each computed before either is applied. A few gathers and scatters per layer; no host
     synchronisation (after the first call on a device)."""
     if not groups.names or step <= 0:
         return
     rms = torch.sqrt(_channel_sumsq(layers, groups) / groups.sizes)
-    factor = torch.clamp(1.0 - step / rms.clamp_min(_EPS), min=0.0)
+    factor = torch.clamp(1.0 - step * groups.weight / rms.clamp_min(_EPS), min=0.0)
     for n in groups.names:
         flat = layers[n].latent.view(-1)
         for idx, cid in groups.unique_parts(n):
