@@ -121,6 +121,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     t.add_argument("--channel-cost", choices=CHOICES["channel_cost"], default="params",
                    help="what a channel costs the prior: its weights, or its multiply-"
                    "accumulates (MorphNet-style; first-stage channels pulled hardest)")
+    t.add_argument("--channel-round-to", type=int, default=0,
+                   help="at the switch to fine-tuning, give back removed channels until every "
+                   "group that lost some keeps a multiple of N (default 0: off)")
     t.add_argument("--warmup-epochs", type=_nonneg_float("--warmup-epochs"), default=None)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--rate-table", type=int, default=None,
@@ -316,6 +319,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         channel_scope=args.channel_scope, channel_finetune=args.channel_finetune,
         channel_solver=args.channel_solver, channel_rewind=args.channel_rewind,
         channel_block=args.channel_block, channel_cost=args.channel_cost,
+        channel_round_to=args.channel_round_to,
         warmup_epochs=args.warmup_epochs, seed=args.seed,
         device=args.device,
         **({} if args.rate_table is None else {"rate_table": args.rate_table}))

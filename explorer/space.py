@@ -21,12 +21,13 @@ from .safe_yaml import clip, load_file, show
 
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "prior_lr", "lambda_rate", "lambda_sparsity",
               "lambda_l2", "lambda_channel", "channel_scope", "channel_finetune", "channel_solver",
-              "channel_rewind", "channel_block", "channel_cost",
+              "channel_rewind", "channel_block", "channel_cost", "channel_round_to",
               "warmup_epochs", "seed", "rate_table")
 """Hyperparameters of :class:`lilnetx.TrainConfig` a space may fix or search."""
 SPEC_KEYS = ("width", "limit", "val_fraction")
 """Hyperparameters of :class:`lilnetx.experiment.RunSpec` a space may fix or search."""
-_INT_KEYS = ("epochs", "batch_size", "seed", "limit", "rate_table", "channel_block")
+_INT_KEYS = ("epochs", "batch_size", "seed", "limit", "rate_table", "channel_block",
+             "channel_round_to")
 _POSITIVE_KEYS = ("epochs", "batch_size", "limit", "lr", "width", "channel_block")
 
 

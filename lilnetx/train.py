@@ -23,13 +23,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lilnetx.batches import Batches
+from lilnetx.channel_phase import ChannelPhase
 from lilnetx.core.model import LilNetXModel
 from lilnetx.core.rate_table import DEFAULT_POINTS, MAX_POINTS
 from lilnetx.data import DataSplits, iterate_batches, num_batches
@@ -67,6 +68,9 @@ class TrainConfig:
     group that the prior shrinks and removes together, B at a time (default 1).
     ``channel_cost``: ``params`` or ``macs`` (each channel's term weighted by its
     multiply-accumulates; :data:`lilnetx.core.channel_prior.COSTS`).
+    ``channel_round_to``: at the switch to fine-tuning, every dependency group that lost channels
+    gets back the removed channels that lived longest until its width is a multiple of N (0:
+    off; needs ``channel_finetune > 0``; :mod:`lilnetx.channel_phase`).
     """
 
     epochs: int = 5
@@ -83,6 +87,7 @@ class TrainConfig:
     channel_rewind: str = "none"
     channel_block: int = 1
     channel_cost: str = "params"
+    channel_round_to: int = 0
     warmup_epochs: float | None = None
     seed: int = 0
     device: str | None = None
@@ -111,10 +116,17 @@ class TrainConfig:
         check_solver(self.channel_solver)
         check_rewind(self.channel_rewind)
         check_positive_int("channel_block", self.channel_block)
+        r = self.channel_round_to
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise ConfigError(f"channel_round_to must be a non-negative integer, but got "
+                              f"{str(r)[:40]}")
         f = self.channel_finetune
         if isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f < 1:
             raise ConfigError(f"channel_finetune must be a fraction in [0, 1), but got "
                               f"{str(f)[:40]}")
+        if self.channel_round_to and not f > 0:
+            raise ConfigError(f"channel_round_to {r} needs a fine-tuning phase "
+                              "(channel_finetune > 0)")
         if self.channel_rewind != "none" and not f > 0:
             raise ConfigError(f"channel_rewind {self.channel_rewind} needs a fine-tuning phase "
                               "(channel_finetune > 0)")
@@ -247,76 +259,6 @@ def _accuracy(model: nn.Module, batches) -> float:
     return int(correct) / max(total, 1)
 
 
-class _ChannelPrior:
-    """How the coupled-channel prior acts during a run: in the loss (``channel_solver``
-    ``gradient``) or as a proximal shrink after every optimizer step (``proximal``), and, with
-    ``channel_finetune``, until step ``start`` only, after which the channels it removed are
-    held at zero and the prior is off."""
-
-    def __init__(self, model: nn.Module, cfg: TrainConfig, total: int,
-                 opts: list[torch.optim.Optimizer] = ()):
-        self.on = isinstance(model, LilNetXModel) and cfg.lambda_channel > 0
-        self.model, self.cfg, self.opts = model, cfg, list(opts)
-        self.proximal = self.on and cfg.channel_solver == "proximal"
-        self.start = (total - int(round(cfg.channel_finetune * total))
-                      if self.on and cfg.channel_finetune > 0 else None)
-        self.held: dict[str, torch.Tensor] | None = None
-        self.removed: int | None = None  # channels held at zero (read once, at the switch)
-        self._off = replace(cfg, lambda_channel=0.0)
-        self.rewind = cfg.channel_rewind if self.start is not None else "none"
-        self._init = ({k: v.detach().clone() for k, v in model.state_dict().items()}
-                      if self.rewind == "weights" else None)
-        if self.on:
-            self._layers = dict(model.latent_layers())
-
-    def lr_step(self, it: int, total: int) -> tuple[int, int]:
-        """The (step, total) of the learning-rate schedule at iteration ``it`` of ``total``:
-        after the switch with ``channel_rewind`` ``lr`` or ``weights``, the schedule restarts
-        over the remaining steps."""
-        if self.rewind == "none" or it < self.start:
-            return it, total
-        return it - self.start, total - self.start
-
-    def _groups(self):
-        groups = self.model.channel_groups
-        device = next(iter(self._layers.values())).latent.device
-        if groups.sizes.device != device:
-            groups = self.model.channel_groups = groups.to(device)
-        return groups
-
-    def before(self, it: int) -> TrainConfig:
-        """The loss configuration of iteration ``it`` (switching phases when it is due)."""
-        if self.start is None or it < self.start:
-            return self._off if self.proximal else self.cfg
-        if self.held is None:
-            from lilnetx.core.channel_prior import held_entries, hold_at_zero, unread_channels
-
-            groups = self._groups()
-            dead = unread_channels(self._layers, groups)
-            self.held = held_entries(groups, dead)
-            self.removed = int(groups.widths[dead].sum())  # one host read, once per run
-            if self._init is not None:  # back to step 0, the removed channels excepted
-                self.model.load_state_dict(self._init)
-                self._init = None
-                for o in self.opts:
-                    o.state.clear()
-            hold_at_zero(self._layers, self.held)
-        return self._off
-
-    def after(self, lr: float) -> None:
-        """After an optimizer step at learning rate ``lr``: the proximal shrink of the prior
-        phase (until the switch sets ``held``), or the removed channels back to exactly zero in
-        the fine-tuning phase."""
-        if self.held is not None:
-            from lilnetx.core.channel_prior import hold_at_zero
-
-            hold_at_zero(self._layers, self.held)
-        elif self.proximal:
-            from lilnetx.core.channel_prior import group_shrink
-
-            group_shrink(self._layers, self._groups(), lr * self.cfg.lambda_channel)
-
-
 def fit(
     model: nn.Module,
     splits: DataSplits,
@@ -357,7 +299,7 @@ def fit(
     warm_epochs = cfg.warmup_epochs if cfg.warmup_epochs is not None else min(5.0, cfg.epochs / 10)
     warmup = int(round(warm_epochs * steps))
     opts = make_optimizers(model, cfg)
-    channel = _ChannelPrior(model, cfg, total, opts)
+    channel = ChannelPhase(model, cfg, total, opts)
     peak = base_lr(model, cfg)
     schedule = schedule or (lambda step, n: lr_factor(step, n, warmup, peak))
     result = TrainResult()
@@ -418,6 +360,8 @@ def fit(
             row.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items() if k in terms})
             if channel.removed is not None:
                 row["channels_removed"] = channel.removed
+            if channel.revived is not None:
+                row["channels_revived"] = channel.revived
             row["val_accuracy"] = _accuracy(model, val_batches)
             if isinstance(model, LilNetXModel):
                 model.eval()

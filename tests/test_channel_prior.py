@@ -353,15 +353,16 @@ def test_the_cli_offers_the_choices_the_library_knows():
 
 
 def test_channel_rewind_weights_restarts_from_step_0_but_the_removed_channels():
+    from lilnetx.channel_phase import ChannelPhase
     from lilnetx.core.channel_prior import build_channel_groups as build
-    from lilnetx.train import _ChannelPrior, make_optimizers
+    from lilnetx.train import make_optimizers
 
     model = resnet()
     model.channel_groups = build(model, torch.randn(2, 3, 32, 32))
     cfg = TrainConfig(lambda_channel=0.1, channel_solver="proximal", channel_finetune=0.5,
                       channel_rewind="weights", device="cpu")
     opts = make_optimizers(model, cfg)
-    prior = _ChannelPrior(model, cfg, total=10, opts=opts)
+    prior = ChannelPhase(model, cfg, total=10, opts=opts)
     init = {k: v.clone() for k, v in model.state_dict().items()}
     assert prior.lr_step(4, 10) == (4, 10)  # the prior phase runs the schedule as it is
     layers = dict(model.latent_layers())
@@ -389,15 +390,15 @@ def test_channel_rewind_weights_restarts_from_step_0_but_the_removed_channels():
 
 def test_channel_rewind_lr_keeps_the_weights_and_is_validated(tmp_path):
     from explorer.cli import build_parser
+    from lilnetx.channel_phase import ChannelPhase
     from lilnetx.core.channel_prior import REWINDS
-    from lilnetx.train import _ChannelPrior
 
     model = resnet()
     cfg = TrainConfig(lambda_channel=0.1, channel_finetune=0.3, channel_rewind="lr")
-    prior = _ChannelPrior(model, cfg, total=10)
+    prior = ChannelPhase(model, cfg, total=10)
     assert prior._init is None and prior.lr_step(6, 10) == (6, 10)
     assert prior.lr_step(7, 10) == (0, 3)
-    off = _ChannelPrior(model, TrainConfig(lambda_channel=0.0, channel_finetune=0.3,
+    off = ChannelPhase(model, TrainConfig(lambda_channel=0.0, channel_finetune=0.3,
                                            channel_rewind="lr"), total=10)
     assert off.lr_step(8, 10) == (8, 10)  # no prior, nothing to rewind
     with pytest.raises(ConfigError, match="channel_rewind"):
@@ -528,3 +529,97 @@ def test_channel_cost_is_validated_searchable_and_rebuilds_the_groups(tmp_path, 
     fit(net, digits, replace(cfg, channel_cost="macs"))  # another cost: the groups follow
     assert net.channel_groups.key == ("all", 1, "macs")
     assert not net.channel_groups.weight.eq(1).all()
+
+
+def test_round_up_widths_gives_back_the_longest_lived_channels_to_a_multiple():
+    from lilnetx.core.channel_prior import round_up_widths
+
+    model = resnet()  # width 0.5: stage widths 8, 16, 32
+    g = build_channel_groups(model, torch.randn(2, 3, 32, 32), "all")
+    deps = g.dep.tolist()
+    inner = [d for d in sorted(set(deps)) if deps.count(d) == 8][1]  # a stage-1 conv1 group
+    wide = [d for d in sorted(set(deps)) if deps.count(d) == 32][0]
+    ids = {d: [i for i, x in enumerate(deps) if x == d] for d in (inner, wide)}
+    dead = torch.zeros(g.channels, dtype=torch.bool)
+    dead[ids[inner][:5]] = True  # 3 of 8 left: back to 4, the dead channel of highest score
+    dead[ids[wide]] = True  # a group that loses every channel stays empty
+    score = torch.arange(g.channels, dtype=torch.float)
+    score[ids[inner][2]] = 1e6
+    back = round_up_widths(g, dead, score, 4)
+    assert back.nonzero().flatten().tolist() == [ids[inner][2]]
+    dead[ids[inner][:5]] = False
+    dead[ids[inner][:3]] = True  # 5 left: back to 8, all three
+    dead[ids[wide]] = False
+    assert round_up_widths(g, dead, score, 4).nonzero().flatten().tolist() == ids[inner][:3]
+    assert not round_up_widths(g, dead, score, 1).any()  # every width is a multiple of 1
+
+
+def test_channel_round_to_revives_from_step_0_at_the_switch(tmp_path, digits):
+    from explorer.cli import build_parser
+    from lilnetx.channel_phase import ChannelPhase
+    from lilnetx.core.channel_prior import held_entries
+    from lilnetx.train import fit
+
+    model = resnet()
+    model.channel_groups = build_channel_groups(model, torch.randn(2, 3, 32, 32), "all")
+    g = model.channel_groups
+    cfg = TrainConfig(lambda_channel=0.1, channel_scope="all", channel_solver="proximal",
+                      channel_finetune=0.5, channel_rewind="lr", channel_round_to=4)
+    phase = ChannelPhase(model, cfg, total=10)
+    layers = dict(model.latent_layers())
+    start = {n: m.latent.detach().clone() for n, m in layers.items()}
+    deps = g.dep.tolist()
+    inner = [i for i, x in enumerate(deps) if x == [d for d in sorted(set(deps))
+                                                     if deps.count(d) == 8][1]]
+    with torch.no_grad():
+        for m in layers.values():
+            m.latent.add_(0.25)  # "training" moves every latent
+        for c in inner[:5]:  # and five of the group's eight channels die
+            for name, side, idx in g.members[c]:
+                w = layers[name].latent.reshape(layers[name].weight_shape)
+                (w[idx] if side == "out" else w[:, idx]).zero_()
+    phase._alive = torch.zeros(g.channels)
+    phase._alive[inner[3]] = 7.0  # the one that lived longest
+    phase.before(5)
+    assert phase.revived == 1 and phase.removed == 4
+    back = torch.zeros(g.channels, dtype=torch.bool)
+    back[inner[3]] = True
+    held = {n: set(i.tolist()) for n, i in phase.held.items()}
+    for n, idx in held_entries(g, back).items():
+        got = layers[n].latent.detach().reshape(-1)
+        for i in idx.tolist():
+            want = 0.0 if i in held.get(n, ()) else float(start[n].reshape(-1)[i])
+            assert float(got[i]) == want  # from step 0, unless a removed channel holds it
+    for n, idx in phase.held.items():
+        assert layers[n].latent.detach().reshape(-1)[idx].eq(0).all()
+    with pytest.raises(ConfigError, match="channel_round_to"):
+        TrainConfig(channel_round_to=-8).validate()
+    with pytest.raises(ConfigError, match="channel_finetune > 0"):
+        TrainConfig(lambda_channel=0.1, channel_round_to=8).validate()
+    args = build_parser().parse_args(["train", "--model", "lenet5", "--dataset", "digits",
+                                      "--channel-round-to", "8"])
+    assert args.channel_round_to == 8
+    from explorer.space import load_space
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nmodel: lenet5\ndataset: digits\nmethod: lilnetx\n"
+                    "objectives: {accuracy: max, size_bytes: min}\n"
+                    "train: {channel_finetune: 0.5}\n"
+                    "params: {lambda_channel: 0.1, channel_round_to: {choice: [0, 8]}}\n")
+    assert "channel_round_to" in load_space(str(path)).searched()
+    path.write_text(path.read_text().replace("[0, 8]", "[0, 8.5]"))
+    with pytest.raises(ConfigError, match="channel_round_to"):
+        load_space(str(path))
+    # a real run: at the switch every group that lost channels keeps a multiple of 4 (the
+    # groups of width 0.5 are 8, 16 and 32 wide, so the channels removed are a multiple of 4
+    # too); the rate and slice priors may still zero channels during the fine-tuning
+    torch.manual_seed(0)
+    net = convert(create_model("resnet20", in_channels=1, image_size=8, num_classes=10,
+                               width=0.5))
+    run_cfg = TrainConfig(epochs=6, batch_size=64, lr=0.2, lambda_channel=0.08,
+                          channel_solver="proximal", channel_scope="all", channel_finetune=0.5,
+                          channel_round_to=4, device="cpu")
+    hist = fit(net, digits, run_cfg).history
+    switch = next(h for h in hist if "channels_revived" in h)
+    assert switch["channels_removed"] >= 4 and switch["channels_removed"] % 4 == 0
+    assert switch["channels_revived"] > 0

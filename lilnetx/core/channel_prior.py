@@ -72,6 +72,8 @@ class ChannelGroups:
             ``block`` with :func:`build_channel_groups`'s ``block``).
         weight: float tensor ``(channels,)``, each channel's cost multiplier in the prior (1
             each with ``cost="params"``; see :data:`COSTS`).
+        dep: LongTensor ``(channels,)``, the dependency group (Torch-Pruning's, numbered from 0)
+            each channel belongs to: the channels ``slim`` removes together or keeps apart.
         key: ``(scope, block, cost)`` the groups were built with.
         groups: number of dependency groups; ``channels``: number of coupled channels.
         members: per channel id, ``[(layer name, "out"|"in", index)]`` (for reports and tests).
@@ -80,7 +82,7 @@ class ChannelGroups:
     """
 
     def __init__(self, names, entries, channel, sizes, groups, members, reads, widths=None,
-                 weight=None, key=("coupled", 1, "params")):
+                 weight=None, key=("coupled", 1, "params"), dep=None):
         self.names = names
         self.entries = entries
         self.channel = channel
@@ -91,6 +93,7 @@ class ChannelGroups:
         self.widths = widths if widths is not None else torch.ones_like(sizes)
         self.weight = weight if weight is not None else torch.ones_like(sizes)
         self.key = key
+        self.dep = dep if dep is not None else torch.arange(len(sizes))
 
     def unique_parts(self, name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``[(entries, channel)]`` of layer ``name`` in two parts, the reading entries and
@@ -111,7 +114,8 @@ class ChannelGroups:
                              {k: v.to(device) for k, v in self.channel.items()},
                              self.sizes.to(device), self.groups, self.members,
                              {k: v.to(device) for k, v in self.reads.items()},
-                             self.widths.to(device), self.weight.to(device), self.key)
+                             self.widths.to(device), self.weight.to(device), self.key,
+                             self.dep.to(device))
 
 
 def _output_positions(net: nn.Module, example: torch.Tensor) -> dict[str, int]:
@@ -160,6 +164,7 @@ def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled",
     parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     members: list[list[tuple[str, str, int]]] = []
     widths: list[int] = []
+    deps: list[int] = []
     for group in groups:
         root = group[0].dep.target.module
         n = dg.get_out_channels(root)
@@ -174,6 +179,7 @@ def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled",
         blocks = -(-n // block)
         members.extend([] for _ in range(blocks))
         widths.extend(min(block, n - b * block) for b in range(blocks))
+        deps.extend([deps[-1] + 1 if deps else 0] * blocks)
         for item in group.items:
             module, fn = item.dep.target.module, item.dep.handler
             name = name_of.get(id(module))
@@ -211,15 +217,16 @@ def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled",
         sizes.index_add_(0, channel[n], torch.ones(key.numel()))
         macs.index_add_(0, channel[n], torch.full((key.numel(),), float(positions.get(n, 1))))
     width = torch.tensor(widths, dtype=sizes.dtype)
+    dep = torch.tensor(deps, dtype=torch.long)
     keep = sizes > 0  # channels without any latent entry (e.g. only BatchNorm) drop out
     if not bool(keep.all()):
         remap = torch.cumsum(keep.long(), 0) - 1
         channel = {n: remap[c] for n, c in channel.items()}
         members = [m for m, k in zip(members, keep.tolist(), strict=True) if k]
-        sizes, width, macs = sizes[keep], width[keep], macs[keep]
+        sizes, width, macs, dep = sizes[keep], width[keep], macs[keep], dep[keep]
     weight = (macs / sizes) / (macs.sum() / sizes.sum()) if cost == "macs" and len(sizes) else None
     return ChannelGroups(names, entries, channel, sizes, len(groups), members, reads, width,
-                         weight, (scope, block, cost))
+                         weight, (scope, block, cost), dep)
 
 
 def _channel_sumsq(layers: dict[str, nn.Module], groups: ChannelGroups) -> torch.Tensor | None:
@@ -276,8 +283,32 @@ def hold_at_zero(layers: dict[str, nn.Module], held: dict[str, torch.Tensor]) ->
 
 
 
+def round_up_widths(groups: ChannelGroups, dead: torch.Tensor, score: torch.Tensor,
+                    multiple: int) -> torch.Tensor:
+    """The channels to give back so that every dependency group that loses channels keeps a
+    multiple of ``multiple`` network channels (or all of them): BoolTensor ``(channels,)`` on
+    ``dead``'s device, a subset of ``dead`` (BoolTensor ``(channels,)``, from
+    :func:`unread_channels`), taken in each group by decreasing ``score`` (float ``(channels,)``:
+    how long or how strongly each channel lived). A group that loses every channel stays empty.
+    Reads the tensors to the host: for a once-per-run decision."""
+    d, sc, w, dep = (t.detach().cpu() for t in (dead, score, groups.widths, groups.dep))
+    revived = torch.zeros_like(d)
+    for g in torch.unique(dep[d]).tolist():
+        idx = (dep == g).nonzero().flatten()
+        kept = int(w[idx][~d[idx]].sum())
+        target = min(int(w[idx].sum()), -(-kept // multiple) * multiple)
+        cand = idx[d[idx]]
+        for c in cand[torch.argsort(sc[cand], descending=True, stable=True)].tolist():
+            if kept >= target:
+                break
+            revived[c] = True
+            kept += int(w[c])
+    return revived.to(dead.device)
+
+
 @torch.no_grad()
-def group_shrink(layers: dict[str, nn.Module], groups: ChannelGroups, step: float) -> None:
+def group_shrink(layers: dict[str, nn.Module], groups: ChannelGroups,
+                 step: float) -> torch.Tensor | None:
     """The proximal step of ``step * P`` (``step``: learning rate times ``lambda_channel``, in
     latent units), in place: every channel ``c`` is scaled by ``max(0, 1 - step * m_c / rms_c)``,
     with ``rms_c`` the root mean square of its entries and ``m_c`` its ``weight`` (``P`` weights
@@ -285,12 +316,14 @@ def group_shrink(layers: dict[str, nn.Module], groups: ChannelGroups, step: floa
     becomes exactly zero. An entry of two
     channels (a conv weight that writes one coupled channel and reads another) is scaled by both
     factors, each computed before either is applied. A few gathers and scatters per layer; no host
-    synchronisation (after the first call on a device)."""
+    synchronisation (after the first call on a device). Returns the channels left nonzero
+    (BoolTensor ``(channels,)``), None when nothing was shrunk."""
     if not groups.names or step <= 0:
-        return
+        return None
     rms = torch.sqrt(_channel_sumsq(layers, groups) / groups.sizes)
     factor = torch.clamp(1.0 - step * groups.weight / rms.clamp_min(_EPS), min=0.0)
     for n in groups.names:
         flat = layers[n].latent.view(-1)
         for idx, cid in groups.unique_parts(n):
             flat.index_copy_(0, idx, flat.index_select(0, idx) * factor[cid].to(flat.dtype))
+    return factor > 0
