@@ -17,7 +17,7 @@ SPACE = """
 name: {name}
 model: lenet5
 dataset: digits
-train: {{epochs: 1, batch_size: 128, seed: 0}}
+train: {{epochs: {epochs}, batch_size: 128, seed: 0}}
 objectives: {{accuracy: max, size_bytes: min}}
 search: {{sampler: {sampler}, num_samples: {n}, max_concurrent: {k}, cpus_per_trial: {cpus}, seed: 0}}
 params:
@@ -27,8 +27,9 @@ LAMBDAS = ("  lambda_rate: {loguniform: [1.0e-4, 1.0]}\n"
            "  lambda_sparsity: {loguniform: [1.0e-6, 1.0e-2]}")
 
 
-def write_space(path, name, n=4, k=2, sampler="tpe", cpus=1, params=LAMBDAS):
-    path.write_text(SPACE.format(name=name, n=n, k=k, sampler=sampler, cpus=cpus, params=params))
+def write_space(path, name, n=4, k=2, sampler="tpe", cpus=1, params=LAMBDAS, epochs=1):
+    path.write_text(SPACE.format(name=name, n=n, k=k, sampler=sampler, cpus=cpus, params=params,
+                                 epochs=epochs))
     return str(path)
 
 
@@ -373,7 +374,9 @@ def test_ctrl_c_then_resume_on_loopback(tmp_path):
     from explorer import tracking
     from explorer.sweep import SweepOptions, study_storage
 
-    space = write_space(tmp_path / "int.yaml", "intr", n=4, k=1, sampler="random")
+    # 6 epochs make a trial last several seconds, so the three trials after the first finished
+    # one cannot all end between that poll and the SIGINT (with 1 epoch they once did)
+    space = write_space(tmp_path / "int.yaml", "intr", n=4, k=1, sampler="random", epochs=6)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [sys.executable, "-m", "explorer.cli", "sweep", space, "--tracking-uri", uri, "--json"]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
