@@ -109,18 +109,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     t.add_argument("--channel-finetune", type=_fraction("--channel-finetune"), default=0.0,
                    help="fraction of the steps, at the end, that fine-tune without the "
                    "channel prior, the channels it removed held at zero (default 0)")
-    t.add_argument("--channel-solver", choices=CHOICES["channel_solver"], default="gradient",
-                   help="how the channel prior acts: a loss term through Adam, or a proximal "
-                   "shrink of lr * lambda_channel per step after it (default gradient)")
-    t.add_argument("--channel-rewind", choices=CHOICES["channel_rewind"], default="none",
-                   help="what the fine-tuning phase starts from: as it is, the learning rate "
-                   "restarted, or the weights at step 0 too (default none)")
+    for key, default, what in (
+            ("channel_solver", "gradient", "how the channel prior acts: a loss term through "
+             "Adam, or a proximal shrink of lr * lambda_channel per step after it"),
+            ("channel_rewind", "none", "what the fine-tuning phase starts from: as it is, the "
+             "learning rate restarted, or the weights at step 0 too"),
+            ("channel_cost", "params", "what a channel costs the prior: its weights, or its "
+             "multiply-accumulates (MorphNet-style; first-stage channels pulled hardest)")):
+        t.add_argument("--" + key.replace("_", "-"), choices=CHOICES[key], default=default,
+                       help=f"{what} (default {default})")
     t.add_argument("--channel-block", type=int, default=1,
                    help="channels the channel prior removes together, B at a time, so slim "
                    "widths stay multiples of B (default 1)")
-    t.add_argument("--channel-cost", choices=CHOICES["channel_cost"], default="params",
-                   help="what a channel costs the prior: its weights, or its multiply-"
-                   "accumulates (MorphNet-style; first-stage channels pulled hardest)")
     t.add_argument("--channel-round-to", type=int, default=0,
                    help="at the switch to fine-tuning, give back removed channels until every "
                    "group that lost some keeps a multiple of N (default 0: off)")
