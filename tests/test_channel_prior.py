@@ -270,6 +270,14 @@ def test_group_shrink_is_the_proximal_step_of_the_group_lasso():
     rms = channel_rms(layers, g)
     step = float(rms.median())  # half the channels go to exactly zero
     factor = torch.clamp(1 - step / rms, min=0)
+    # a dependency group (the channels with the same layers and sides) whose every channel would
+    # go keeps its strongest one unshrunk; at this step each group keeps several anyway
+    deps: dict[frozenset, list[int]] = {}
+    for c, members in enumerate(g.members):
+        deps.setdefault(frozenset((n, side) for n, side, _ in members), []).append(c)
+    assert len(deps) == 3  # ResNet-20's three residual streams
+    strongest = [max(cs, key=lambda c: float(rms[c])) for cs in deps.values()]
+    assert factor[strongest].gt(0).all()
     # the expected result: every entry times the factor of each channel it belongs to
     expected = {n: v.clone() for n, v in before.items()}
     for c, members in enumerate(g.members):
@@ -285,11 +293,19 @@ def test_group_shrink_is_the_proximal_step_of_the_group_lasso():
         torch.testing.assert_close(m.latent.detach().reshape(-1), expected[n])
     after = channel_rms(layers, g)
     assert after[rms <= step].eq(0).all() and after[rms > step].gt(0).all()
+    # a group whose every channel is under the step keeps its strongest one (not shrunk; an
+    # entry it shares with a removed channel of another group goes with that one)
+    kept = channel_rms(layers, g)
+    group_shrink(layers, g, 1e6)
+    after = channel_rms(layers, g)
+    now = [max(cs, key=lambda c: float(kept[c])) for cs in deps.values()]
+    assert after.gt(0).sum() == len(deps) and after[now].gt(0).all()
     # an entry of two coupled channels (the downsampling shortcut writes one and reads another)
     # shows both factors; a channel's own rms drops by `step` when no other channel touches it
+    kept = {n: m.latent.detach().clone() for n, m in layers.items()}
     group_shrink(layers, g, 0.0)  # a zero step changes nothing
     for n, m in layers.items():
-        torch.testing.assert_close(m.latent.detach().reshape(-1), expected[n])
+        torch.testing.assert_close(m.latent.detach(), kept[n])
 
 
 @pytest.mark.parametrize("solver", ["gradient", "proximal"])
@@ -506,7 +522,11 @@ def test_channel_cost_macs_weights_each_channel_by_its_multiply_accumulates():
     group_shrink(layers, macs, step)
     sums = _channel_sumsq(layers, macs)
     heavy, light = macs.weight * step >= 1, macs.weight == macs.weight.min()
-    assert heavy.any() and sums[heavy].eq(0).all() and sums[light].gt(0).all()
+    # every heavy channel is removed but one per dependency group (never its last channel)
+    alive_heavy = torch.zeros(int(macs.dep.max()) + 1).index_add_(
+        0, macs.dep, (heavy & sums.gt(0)).float())
+    assert heavy.any() and sums[heavy].eq(0).sum() >= heavy.sum() - alive_heavy.gt(0).sum()
+    assert alive_heavy.max() == 1 and sums[light].gt(0).all()
 
 
 def test_channel_cost_is_validated_searchable_and_rebuilds_the_groups(tmp_path, digits):

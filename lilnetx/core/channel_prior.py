@@ -94,6 +94,7 @@ class ChannelGroups:
         self.weight = weight if weight is not None else torch.ones_like(sizes)
         self.key = key
         self.dep = dep if dep is not None else torch.arange(len(sizes))
+        self.ndeps = int(self.dep.max()) + 1 if self.dep.numel() else 0  # once per device
 
     def unique_parts(self, name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``[(entries, channel)]`` of layer ``name`` in two parts, the reading entries and
@@ -306,6 +307,18 @@ def round_up_widths(groups: ChannelGroups, dead: torch.Tensor, score: torch.Tens
     return revived.to(dead.device)
 
 
+def _strongest(rms: torch.Tensor, groups: ChannelGroups) -> torch.Tensor:
+    """BoolTensor ``(channels,)``: one channel per dependency group, the one of largest ``rms``
+    (the lowest id among ties). On the device, no host synchronisation."""
+    n = groups.channels
+    top = torch.zeros(groups.ndeps, device=rms.device, dtype=rms.dtype).scatter_reduce(
+        0, groups.dep, rms, "amax", include_self=False)
+    ids = torch.arange(n, device=rms.device)
+    first = torch.full((groups.ndeps,), n, device=rms.device).scatter_reduce(
+        0, groups.dep, torch.where(rms >= top[groups.dep], ids, n), "amin")
+    return torch.zeros(n + 1, dtype=torch.bool, device=rms.device).index_fill_(0, first, True)[:n]
+
+
 @torch.no_grad()
 def group_shrink(layers: dict[str, nn.Module], groups: ChannelGroups,
                  step: float) -> torch.Tensor | None:
@@ -313,15 +326,21 @@ def group_shrink(layers: dict[str, nn.Module], groups: ChannelGroups,
     latent units), in place: every channel ``c`` is scaled by ``max(0, 1 - step * m_c / rms_c)``,
     with ``rms_c`` the root mean square of its entries and ``m_c`` its ``weight`` (``P`` weights
     each channel's norm by ``m_c * sqrt(n_c)``), so a channel whose ``rms_c <= step * m_c``
-    becomes exactly zero. An entry of two
-    channels (a conv weight that writes one coupled channel and reads another) is scaled by both
-    factors, each computed before either is applied. A few gathers and scatters per layer; no host
+    becomes exactly zero, unless it is the strongest channel of its dependency group (largest
+    ``rms_c``, the first of ties) and every channel of the group would go: that one is then not
+    shrunk in this step, so a group never loses its last channel to the prior (a residual
+    stream that lost all of them would cut the network, measured: 10% accuracy on Fashion-MNIST
+    ResNet-20 with ``cost="macs"`` at ``lambda_channel`` 0.024, from 89.59% at 0.02 with two of
+    the first stage's 16 residual channels left). An entry of two channels (a
+    conv weight that writes one coupled channel and reads another) is scaled by both factors,
+    each computed before either is applied. A few gathers and scatters per layer; no host
     synchronisation (after the first call on a device). Returns the channels left nonzero
     (BoolTensor ``(channels,)``), None when nothing was shrunk."""
     if not groups.names or step <= 0:
         return None
     rms = torch.sqrt(_channel_sumsq(layers, groups) / groups.sizes)
     factor = torch.clamp(1.0 - step * groups.weight / rms.clamp_min(_EPS), min=0.0)
+    factor = torch.where(_strongest(rms, groups) & (factor == 0), 1.0, factor)
     for n in groups.names:
         flat = layers[n].latent.view(-1)
         for idx, cid in groups.unique_parts(n):
