@@ -104,7 +104,7 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, but got {self.lr}")
         if self.warmup_epochs is not None:
             check_nonnegative("warmup_epochs", self.warmup_epochs)
-        from lilnetx.core.channel_prior import (
+        from lilnetx.core.channel_options import (
             check_cost,
             check_rewind,
             check_scope,

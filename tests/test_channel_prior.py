@@ -619,17 +619,8 @@ def test_channel_round_to_revives_from_step_0_at_the_switch(tmp_path, digits):
     args = build_parser().parse_args(["train", "--model", "lenet5", "--dataset", "digits",
                                       "--channel-round-to", "8"])
     assert args.channel_round_to == 8
-    from explorer.space import load_space
-
-    path = tmp_path / "s.yaml"
-    path.write_text("name: s\nmodel: lenet5\ndataset: digits\nmethod: lilnetx\n"
-                    "objectives: {accuracy: max, size_bytes: min}\n"
-                    "train: {channel_finetune: 0.5}\n"
-                    "params: {lambda_channel: 0.1, channel_round_to: {choice: [0, 8]}}\n")
-    assert "channel_round_to" in load_space(str(path)).searched()
-    path.write_text(path.read_text().replace("[0, 8]", "[0, 8.5]"))
-    with pytest.raises(ConfigError, match="channel_round_to"):
-        load_space(str(path))
+    assert_searchable_choice(tmp_path, "channel_round_to", "0, 8", "0, 8.5",
+                             "train: {channel_finetune: 0.5}\n")
     # a real run: at the switch every group that lost channels keeps a multiple of 4 (the
     # groups of width 0.5 are 8, 16 and 32 wide, so the channels removed are a multiple of 4
     # too); the rate and slice priors may still zero channels during the fine-tuning
