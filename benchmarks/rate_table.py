@@ -71,7 +71,7 @@ def agreement(prior, x) -> dict:
         if tabulated:
             sp = [F.softplus(m) for m in prior.matrices]
             tf = [torch.tanh(f) for f in prior.factors]
-            bits = table_bits(xx, sp, list(prior.biases), tf, points=DEFAULT_POINTS)
+            bits = table_bits(xx.t(), sp, list(prior.biases), tf, points=DEFAULT_POINTS)
         else:
             bits = prior.bits(xx)
         bits.backward()

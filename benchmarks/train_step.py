@@ -109,10 +109,14 @@ def use_reference_path(model: LilNetXModel) -> None:
     def ref_decoded_weight(layer):
         return layer.decoder(round_ste(layer.latent)).reshape(layer.weight_shape)
 
+    def ref_decode_weights(self):
+        return {layer: layer.decoded_weight() for _, layer in self.latent_layers()}
+
     for prior in model.priors.values():
         prior.bits = types.MethodType(ref_bits, prior)
     model.slice_penalty = types.MethodType(ref_slice, model)
     model.l2_penalty = types.MethodType(ref_l2, model)
+    model.decode_weights = types.MethodType(ref_decode_weights, model)
     for _, layer in model.latent_layers():
         layer.decoded_weight = types.MethodType(ref_decoded_weight, layer)
 
@@ -210,7 +214,6 @@ def profile_case(model_name: str, channels: int, size: int, width: float, *, bat
     opts = make_optimizers(model, cfg)
     x = torch.randn(batch, channels, size, size)
     y = torch.randint(0, 10, (batch,))
-    layers = [layer for _, layer in model.latent_layers()]
 
     def rate(table):
         def go():
@@ -222,7 +225,7 @@ def profile_case(model_name: str, channels: int, size: int, width: float, *, bat
          ).backward()
 
     def decoding():
-        torch.stack([layer.decoded_weight().sum() for layer in layers]).sum().backward()
+        torch.stack([w.sum() for w in model.decode_weights().values()]).sum().backward()
 
     def network():
         F.cross_entropy(model(x), y).backward()

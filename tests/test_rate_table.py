@@ -29,7 +29,7 @@ def _table(prior: FactorizedPrior, x: torch.Tensor, points: int) -> torch.Tensor
     of fewer than ``2 points`` values exactly)."""
     sp = [F.softplus(m) for m in prior.matrices]
     tf = [torch.tanh(f) for f in prior.factors]
-    return table_bits(x, sp, list(prior.biases), tf, points=points)
+    return table_bits(x.t(), sp, list(prior.biases), tf, points=points)
 
 
 def _both(prior: FactorizedPrior, x: torch.Tensor, points: int = DEFAULT_POINTS):
@@ -106,9 +106,9 @@ def test_non_finite_latents_give_non_finite_bits():
     x[1, 3] = float("inf")
     sp = [F.softplus(m) for m in prior.matrices]
     tf = [torch.tanh(f) for f in prior.factors]
-    assert not torch.isfinite(table_bits(x, sp, list(prior.biases), tf))
+    assert not torch.isfinite(table_bits(x.t(), sp, list(prior.biases), tf))
     x[1, 3] = float("nan")
-    assert not torch.isfinite(table_bits(x, sp, list(prior.biases), tf))
+    assert not torch.isfinite(table_bits(x.t(), sp, list(prior.biases), tf))
 
 
 def test_few_values_per_channel_are_evaluated_exactly():

@@ -87,14 +87,21 @@ class FactorizedPrior(nn.Module):
         ``table=P``: interpolated in a ``P``-point table per channel
         (:func:`lilnetx.core.rate_table.table_bits`; the training rate, within the tolerances
         stated there) when the channels hold at least ``2 P`` values each; fewer are evaluated
-        exactly, which then costs less than the grid.
+        exactly, which then costs less than the grid. :meth:`rows_bits` takes the values in
+        the layers' ``(N, channels)`` layout, which the table processes fastest.
         """
+        return self.rows_bits(x.t(), table)
+
+    def rows_bits(self, rows: torch.Tensor, table: int | None = None) -> torch.Tensor:
+        """:meth:`bits` of the values ``rows`` given as ``(N, channels)`` (one row per latent
+        slice, as the latent layers store them), in **bits**."""
         sp = [F.softplus(m) for m in self.matrices]
         tf = [torch.tanh(f) for f in self.factors]
-        if table is not None and x.shape[1] >= 2 * table:
+        if table is not None and rows.shape[0] >= 2 * table:
             from lilnetx.core.rate_table import table_bits
 
-            return table_bits(x, sp, list(self.biases), tf, points=table)
+            return table_bits(rows, sp, list(self.biases), tf, points=table)
+        x = rows.t()
         params = (*sp, *self.biases, *tf)
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
             return _FusedBits.apply(x, len(sp), *params)
@@ -166,13 +173,14 @@ def _back(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 def _bits_and_grads(
     x: torch.Tensor, sp: list[torch.Tensor], b: list[torch.Tensor], tf: list[torch.Tensor],
-    need_grad: bool, weights: torch.Tensor | None = None,
+    need_grad: bool, weights: torch.Tensor | None = None, chunk: int = _CHUNK,
 ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """``-log2(likelihood(x)).sum()`` and, if ``need_grad``, its gradients, in one pass.
 
     Args:
         x: (channels, N) values; sp: ``softplus(matrices)``; b: biases; tf: ``tanh(factors)``.
         weights: optional (channels, N) weight of each value in the sum (and its gradients).
+        chunk: values per chunk on the CPU (all channels together).
 
     Returns ``(bits, grads)`` with ``grads = [d/dx, *d/dsp, *d/db, *d/dtf]`` (or ``None``).
     The same function as :meth:`FactorizedPrior.likelihood`, differentiated by hand and evaluated
@@ -191,7 +199,7 @@ def _bits_and_grads(
     ntf2 = [t * -2 for t in tf]
     tf4 = [t * 4 for t in tf]
     offsets = x.new_tensor([[-0.5], [0.5]])
-    cols = max(1, _CHUNK // max(channels, 1)) if x.device.type == "cpu" else max(total, 1)
+    cols = max(1, chunk // max(channels, 1)) if x.device.type == "cpu" else max(total, 1)
     k = -1.0 / math.log(2.0)  # d bits = -d ln(p) / ln 2
     pcs = torch.empty((channels, total), dtype=x.dtype, device=x.device)
     gx = torch.empty_like(x) if need_grad else None

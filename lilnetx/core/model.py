@@ -20,6 +20,7 @@ from lilnetx.core.latent import (
     LatentConv2d,
     LatentLayer,
     LatentLinear,
+    decode_group,
     group_key,
 )
 from lilnetx.core.priors import _EPS as _SLICE_EPS
@@ -111,9 +112,25 @@ class LilNetXModel(nn.Module):
 
     def forward(self, *args, **kwargs):
         # every decoder quantized once per forward, not once per layer that uses it, and the
-        # decoders and biases in one batched pass
-        with effective_side(self.decoders.values(), (m for _, m in self.latent_layers())):
-            return self.net(*args, **kwargs)
+        # decoders and biases in one batched pass; the weights of each group decoded together
+        layers = [m for _, m in self.latent_layers()]
+        with effective_side(self.decoders.values(), layers):
+            try:
+                for m, w in self.decode_weights().items():
+                    m.__dict__["_decoded"] = w
+                return self.net(*args, **kwargs)
+            finally:
+                for m in layers:
+                    m.__dict__.pop("_decoded", None)
+
+    def decode_weights(self) -> dict[LatentLayer, torch.Tensor]:
+        """Every latent layer's decoded weight (``weight_shape``, straight-through rounding),
+        each group's in one product (:func:`~lilnetx.core.latent.decode_group`)."""
+        out = {}
+        for group in self.groups().values():
+            members = [m for _, m in group]
+            out.update(zip(members, decode_group(members), strict=True))
+        return out
 
     def latent_layers(self) -> list[tuple[str, LatentLayer]]:
         """``(name, layer)`` for every latent layer, in module order."""
@@ -157,7 +174,7 @@ class LilNetXModel(nn.Module):
                 lat = torch.empty_like(lat).uniform_(-0.5, 0.5).add_(lat)  # one buffer, not two
             else:
                 lat = torch.round(lat)
-            bits = self.priors[group].bits(lat.t(), table=table if noisy else None)
+            bits = self.priors[group].rows_bits(lat, table=table if noisy else None)
             total = bits if total is None else total + bits
         if total is None:
             return torch.zeros(())
