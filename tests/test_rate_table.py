@@ -133,3 +133,18 @@ def test_rate_table_is_validated():
     with pytest.raises(lilnetx.ConfigError, match="rate_table"):
         TrainConfig(rate_table=True).validate()
     TrainConfig(rate_table=0).validate()
+
+
+def test_cpu_grid_is_no_finer_than_needed():
+    """On the CPU a narrow span gets a grid of FINEST_STEP spacing, not ``points`` values;
+    a wide one keeps ``points``; a non-finite span keeps ``points`` too."""
+    from lilnetx.core.rate_table import FINEST_STEP, _grid_weights
+
+    narrow = torch.linspace(-1.0, 1.0, 9 * 100).view(100, 9)
+    grid = _grid_weights(narrow, DEFAULT_POINTS)[0]
+    assert grid.shape == (9, int(2.0 / FINEST_STEP) + 2)
+    assert float(grid[0, 1] - grid[0, 0]) <= FINEST_STEP
+    wide = torch.linspace(-200.0, 200.0, 9 * 100).view(100, 9)
+    assert _grid_weights(wide, DEFAULT_POINTS)[0].shape == (9, DEFAULT_POINTS)
+    wide[3, 4] = float("inf")
+    assert _grid_weights(wide, DEFAULT_POINTS)[0].shape == (9, DEFAULT_POINTS)

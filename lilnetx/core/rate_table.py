@@ -27,6 +27,8 @@ gradient: with 8,192 points over a span of 100 latent units, ``h`` is 0.012.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 DEFAULT_POINTS = 8192
@@ -36,6 +38,14 @@ tolerance; 8,192 divides the interpolation error by four."""
 MAX_POINTS = 1 << 20
 
 _MIN_STEP = 1e-6
+
+FINEST_STEP = 1.0 / 128
+"""On the CPU a grid is no finer than this (latent units): a group whose values span ``s``
+units gets ``min(points, s / FINEST_STEP + 2)`` points, so a narrow span (a network early in
+training) does not pay for 8,192 points it does not need. The interpolation error at this
+step is under a tenth of the tolerance on the trained LeNet-5 dense group, measured at a step
+of 0.012. Elsewhere the grid keeps ``points``: its size would need the span on the host, a
+synchronisation per step."""
 
 
 def _grid_weights(rows: torch.Tensor, points: int):
@@ -47,6 +57,10 @@ def _grid_weights(rows: torch.Tensor, points: int):
     """
     n, channels = rows.shape
     lo, hi = torch.aminmax(rows)  # one grid for the group: a whole-tensor reduction
+    if rows.device.type == "cpu":
+        span = float(hi - lo)  # no synchronisation on the CPU
+        if math.isfinite(span):
+            points = max(2, min(points, int(span / FINEST_STEP) + 2))
     step = ((hi - lo) / (points - 1)).clamp_min_(_MIN_STEP)
     inv = step.reciprocal()
     pos = torch.addcmul(-lo * inv, rows, inv)  # position on the grid, >= 0
