@@ -59,8 +59,9 @@ class TrainConfig:
     ``warmup_epochs=None`` means ``min(5, epochs / 10)``, the reference 5-of-200 capped for
     short runs. ``lr=None`` means 1e-2 for a LilNetX model (its latents are integers) and 1e-3
     for a plain network. ``device=None`` picks CUDA when available. ``rate_table``: grid points
-    per channel of the tabulated training rate (:mod:`lilnetx.core.rate_table`); 0 evaluates
-    the prior at every latent (the exact path). ``channel_solver``: ``gradient`` (the coupled-
+    per channel of the tabulated training rate (:mod:`lilnetx.core.rate_table`; on the CPU
+    fewer when the latents span little, no finer than ``FINEST_STEP``); 0 evaluates the prior
+    at every latent (the exact path). ``channel_solver``: ``gradient`` (the coupled-
     channel prior as a loss term) or ``proximal`` (a shrink of ``lr * lambda_channel`` per step
     after the optimizer step; :data:`lilnetx.core.channel_prior.SOLVERS`). ``channel_rewind``:
     what the fine-tuning phase starts from (``none``, ``lr`` or ``weights``;
