@@ -195,15 +195,17 @@ def _bits_and_grads(
     # Doubled network: Y_i = 2 z_i, G_i = 2 h_i = Y_i - 2 tf_i + 4 tf_i sigmoid(Y_i).
     last_scale = 0.5 if hidden else 1.0
     w = ([sp[0] * 2] if hidden else []) + list(sp[1:hidden]) + [sp[-1] * last_scale]
-    bias2 = [bi * 2 for bi in b[:hidden]] + [b[-1]]
-    ntf2 = [t * -2 for t in tf]
-    tf4 = [t * 4 for t in tf]
+    # a handful of _foreach kernels for the small parameter tensors (op count matters here:
+    # a LeNet-5 step is ~8 ms)
+    bias2 = (list(torch._foreach_mul(list(b[:hidden]), 2.0)) if hidden else []) + [b[-1]]
+    ntf2 = list(torch._foreach_mul(list(tf), -2.0)) if tf else []
+    tf4 = list(torch._foreach_mul(list(tf), 4.0)) if tf else []
     offsets = x.new_tensor([[-0.5], [0.5]])
     cols = max(1, chunk // max(channels, 1)) if x.device.type == "cpu" else max(total, 1)
     k = -1.0 / math.log(2.0)  # d bits = -d ln(p) / ln 2
     pcs = torch.empty((channels, total), dtype=x.dtype, device=x.device)
     gx = torch.empty_like(x) if need_grad else None
-    grads = [torch.zeros_like(t) for t in (*sp, *b, *tf)] if need_grad else []
+    grads: list[torch.Tensor] | None = None  # the first chunk's, then summed into
     for start in range(0, total, cols):
         xc = x[:, start:start + cols]
         n = xc.shape[1]
@@ -245,11 +247,16 @@ def _bits_and_grads(
             d_sp.append(torch.bmm(gy, acts[i].transpose(1, 2)))
             gh = _back(w[i], gy)
         gx[:, start:start + n] = gh.view(channels, 2, n).sum(1).mul_(k)
-        torch._foreach_add_(grads, d_sp[::-1] + d_b[::-1] + d_tf[::-1])
+        if grads is None:
+            grads = d_sp[::-1] + d_b[::-1] + d_tf[::-1]
+        else:
+            torch._foreach_add_(grads, d_sp[::-1] + d_b[::-1] + d_tf[::-1])
     logs = pcs.log2()
     bits = (logs.mul_(weights) if weights is not None else logs).sum().neg_()
     if gx is None:
         return bits, None
+    if grads is None:  # no values
+        grads = [torch.zeros_like(t) for t in (*sp, *b, *tf)]
     scale = ([2.0 * k] if hidden else []) + [k] * max(hidden - 1, 0) + [last_scale * k]
     scale += [2.0 * k] * hidden + [k] + [k] * hidden
     torch._foreach_mul_(grads, scale)
@@ -272,5 +279,12 @@ class _FusedBits(torch.autograd.Function):
         grads = ctx.saved_tensors
         need = ctx.needs_input_grad
         gx = grads[0] * grad_out if need[0] else None
-        return (gx, None, *(g * grad_out if need[i + 2] else None
-                            for i, g in enumerate(grads[1:])))
+        return (gx, None, *scaled_grads(grads[1:], need[2:], grad_out))
+
+
+def scaled_grads(grads, need, grad_out: torch.Tensor) -> list[torch.Tensor | None]:
+    """``g * grad_out`` for each ``g`` of ``grads`` whose ``need`` is set (else ``None``), in one
+    ``_foreach`` kernel."""
+    wanted = [g for g, n in zip(grads, need, strict=True) if n]
+    scaled = iter(torch._foreach_mul(wanted, grad_out) if wanted else [])
+    return [next(scaled) if n else None for n in need]

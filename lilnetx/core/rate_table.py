@@ -136,12 +136,11 @@ class _TableBits(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
+        from lilnetx.core.entropy import scaled_grads
+
         saved = list(ctx.saved_tensors)
         gx = saved.pop(0) * grad_out if ctx.has_x else None
         n = len(ctx.needs_input_grad) - 3
-        if ctx.has_params:
-            pg = [g * grad_out if ctx.needs_input_grad[i + 3] else None
-                  for i, g in enumerate(saved)]
-        else:
-            pg = [None] * n
+        pg = (scaled_grads(saved, ctx.needs_input_grad[3:], grad_out) if ctx.has_params
+              else [None] * n)
         return (gx, None, None, *pg)
