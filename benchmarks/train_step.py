@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
 
 from lilnetx import create_model
+from lilnetx.allocator import keep_freed_memory
 from lilnetx.core.latent import round_ste
 from lilnetx.core.model import LilNetXModel, convert
 from lilnetx.core.priors import l2_prior, slice_group_lasso
@@ -270,7 +271,11 @@ def markdown_section(results: list[dict], info: dict, command: str, settings: di
         "joint loss (CE + rate + L2 + slice penalties, reference lambdas), both Adam optimizers "
         "(`lilnetx.train.joint_loss`, `make_optimizers`), the rate tabulated "
         "(`rate_table` 8,192, the default). "
-        f"Targets (issue 15): {targets}.",
+        + ("Both in one process where glibc keeps freed memory for the next step, as "
+           "`lilnetx.train.fit` sets it (`lilnetx.allocator`). " if settings.get("allocator")
+           == "keep" else "Both under glibc's default allocator settings (`--allocator "
+           "default`: large freed tensors are unmapped and faulted in again each step). ")
+        + f"Targets (issue 15): {targets}.",
     ]
     if exact:
         lines += ["", "Exact: the same LilNetX step with `rate_table` 0 (the prior evaluated at "
@@ -340,17 +345,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="also time LilNetX with the exact rate (rate_table 0)")
     ap.add_argument("--profile", action="store_true",
                     help="also time the parts of a LilNetX step, each alone")
+    ap.add_argument("--allocator", choices=("keep", "default"), default="keep",
+                    help="keep: glibc keeps freed memory for the next step, as lilnetx.train.fit "
+                         "sets it (lilnetx.allocator); default: glibc's own settings")
     ap.add_argument("--quick", action="store_true", help="few short rounds: a fast, rougher run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--out", type=Path, default=None,
                     help="markdown file whose train_step section to (re)write")
     args = ap.parse_args(argv)
+    if args.allocator == "keep":
+        keep_freed_memory()
     defaults = ({"warmup": 3, "rounds": 4, "block_seconds": 0.5} if args.quick
                 else {"warmup": 5, "rounds": 8, "block_seconds": 2.0})
     settings = {k: getattr(args, k) if getattr(args, k) is not None else v
                 for k, v in defaults.items()}
     settings["batch"] = args.batch
+    settings["allocator"] = args.allocator
     info = machine()
     results = []
     profiles: list[dict] = []

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lilnetx.allocator import keep_freed_memory
 from lilnetx.batches import Batches
 from lilnetx.channel_phase import ChannelPhase
 from lilnetx.core.model import LilNetXModel
@@ -284,6 +285,7 @@ def fit(
     """
     cfg.validate()
     device = pick_device(cfg.device)
+    keep_freed_memory()  # each step reuses the memory the last one freed (lilnetx.allocator)
     key = (cfg.channel_scope, cfg.channel_block, cfg.channel_cost)
     if cfg.lambda_channel > 0 and isinstance(model, LilNetXModel) and (
             model.channel_groups is None or model.channel_groups.key != key):
