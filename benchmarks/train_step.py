@@ -14,6 +14,10 @@ the median per-step time of each and the ratio of the medians. A block lasts abo
 ``--block-seconds`` (its step count is set from the warm-up), so cheap and costly cases get
 comparable wall time.
 
+Both run where glibc keeps the memory a step frees (:func:`lilnetx.allocator.keep_freed_memory`,
+as :func:`lilnetx.train.fit` sets it); ``--allocator default`` measures under glibc's own
+settings, where every large freed tensor is faulted in again in the next step.
+
 ``--reference`` adds a third trainer, interleaved with the other two: the same LilNetX model with
 the rate, the penalties and the weight decoding computed by the plain autograd formulations the
 library keeps for reference (``FactorizedPrior.likelihood``, ``priors.slice_group_lasso`` and
