@@ -4,10 +4,10 @@ glibc hands allocations over 32 MB (and, by its sliding threshold, smaller ones)
 unmaps them on ``free``, and trims the top of its heap back to the system; a CPU training step
 allocates and frees the same large tensors (activations, gradients, temporaries) every
 iteration, so each step faults all of them in again, pages zeroed by the kernel. Measured on
-ResNet-20 width 4, batch 128, one thread (``benchmarks/train_step.py``, page faults from
-``getrusage``): 569,000 minor faults and 1.1 s of system time per 6.3 s step of plain PyTorch
-training, 373,000 and 0.75 s for LilNetX; with :func:`keep_freed_memory` 2,000 and 21,000 faults
-and under 0.04 s.
+ResNet-20 width 4, batch 128, one thread (``benchmarks/page_faults.py``, from ``getrusage``):
+217,000 minor faults and 0.45 s of system time per 5.8 s step of plain PyTorch training,
+295,000 and 0.65 s for LilNetX; with :func:`keep_freed_memory` about 700 faults and 0.001 s,
+for a resident size of 2.60 GB instead of 2.05 GB.
 
 :func:`keep_freed_memory` sets ``M_MMAP_MAX`` to 0 (every allocation from the heap) and
 ``M_TRIM_THRESHOLD`` to 2 GiB (the heap is not given back while less than that is free), for
