@@ -114,8 +114,9 @@ def use_reference_path(model: LilNetXModel) -> None:
     def ref_decoded_weight(layer):
         return layer.decoder(round_ste(layer.latent)).reshape(layer.weight_shape)
 
-    def ref_decode_weights(self):
-        return {layer: layer.decoded_weight() for _, layer in self.latent_layers()}
+    def ref_decode_weights(self, layers=None):
+        return {layer: layer.decoded_weight()
+                for _, layer in (self.latent_layers() if layers is None else layers)}
 
     for prior in model.priors.values():
         prior.bits = types.MethodType(ref_bits, prior)

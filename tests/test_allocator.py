@@ -4,6 +4,7 @@ in again. Each case runs in a fresh interpreter (the setting is process-wide).""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -29,8 +30,6 @@ print(json.dumps({"applied": applied, "again": keep_freed_memory(),
 
 
 def _probe(env_value: str | None) -> dict:
-    import os
-
     env = dict(os.environ)
     env.pop("LILNETX_KEEP_FREED_MEMORY", None)
     if env_value is not None:

@@ -113,21 +113,24 @@ class LilNetXModel(nn.Module):
     def forward(self, *args, **kwargs):
         # every decoder quantized once per forward, not once per layer that uses it, and the
         # decoders and biases in one batched pass; the weights of each group decoded together
-        layers = [m for _, m in self.latent_layers()]
+        named = self.latent_layers()  # one walk of the modules per forward
+        layers = [m for _, m in named]
         with effective_side(self.decoders.values(), layers):
             try:
-                for m, w in self.decode_weights().items():
+                for m, w in self.decode_weights(named).items():
                     m.__dict__["_decoded"] = w
                 return self.net(*args, **kwargs)
             finally:
                 for m in layers:
                     m.__dict__.pop("_decoded", None)
 
-    def decode_weights(self) -> dict[LatentLayer, torch.Tensor]:
+    def decode_weights(self, layers: list[tuple[str, LatentLayer]] | None = None
+                       ) -> dict[LatentLayer, torch.Tensor]:
         """Every latent layer's decoded weight (``weight_shape``, straight-through rounding),
-        each group's in one product (:func:`~lilnetx.core.latent.decode_group`)."""
+        each group's in one product (:func:`~lilnetx.core.latent.decode_group`). ``layers``:
+        :meth:`latent_layers`, when the caller has it."""
         out = {}
-        for group in self.groups().values():
+        for group in self.groups(layers).values():
             members = [m for _, m in group]
             out.update(zip(members, decode_group(members), strict=True))
         return out
@@ -136,10 +139,12 @@ class LilNetXModel(nn.Module):
         """``(name, layer)`` for every latent layer, in module order."""
         return [(n, m) for n, m in self.net.named_modules() if isinstance(m, LatentConv2d | LatentLinear)]
 
-    def groups(self) -> dict[str, list[tuple[str, LatentLayer]]]:
-        """Latent layers by group, in module order."""
+    def groups(self, layers: list[tuple[str, LatentLayer]] | None = None
+               ) -> dict[str, list[tuple[str, LatentLayer]]]:
+        """Latent layers by group, in module order (``layers``: :meth:`latent_layers`, when
+        the caller has it)."""
         out: dict[str, list[tuple[str, LatentLayer]]] = OrderedDict()
-        for name, layer in self.latent_layers():
+        for name, layer in self.latent_layers() if layers is None else layers:
             out.setdefault(layer.group, []).append((name, layer))
         return out
 
