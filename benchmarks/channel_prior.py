@@ -308,9 +308,11 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
         + (f", channel_block {settings['channel_block']} (the prior shrinks and removes "
            f"{settings['channel_block']} channels of a group at a time)"
            if settings.get("channel_block", 1) != 1 else "")
-        + (", channel_cost macs (each channel's prior term weighted by its multiply-accumulates"
-           " per weight, mean 1: MorphNet-style)"
-           if settings.get("channel_cost", "params") == "macs" else "")
+        + {"macs": ", channel_cost macs (each channel's prior term weighted by its "
+                   "multiply-accumulates per weight, mean 1: MorphNet-style)",
+           "sqrt_macs": ", channel_cost sqrt_macs (each channel's prior term weighted by the "
+                        "square root of its multiply-accumulates per weight, mean 1)",
+           }.get(settings.get("channel_cost", "params"), "")
         + (f", channel_round_to {settings.get('channel_round_to', 0)} (at the switch every "
            "dependency group that lost channels got back the removed channels that lived "
            "longest, from their step-0 values, until its width was a multiple of it)"

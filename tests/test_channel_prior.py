@@ -503,6 +503,11 @@ def test_channel_cost_macs_weights_each_channel_by_its_multiply_accumulates():
     want = torch.tensor([sum(v) / len(v) / mean for v in per_entry])
     torch.testing.assert_close(macs.weight, want)
     assert float((macs.weight * macs.sizes).sum() / macs.sizes.sum()) == pytest.approx(1.0)
+    root = build_channel_groups(model, x, "all", cost="sqrt_macs")  # the square root, mean 1
+    sizes = torch.tensor([float(len(v)) for v in per_entry])
+    torch.testing.assert_close(root.weight, want.sqrt() / ((want.sqrt() * sizes).sum() / sizes.sum()))
+    assert root.key == ("all", 1, "sqrt_macs")
+
     def inner(block):  # the channels a block's conv1 writes and its conv2 reads, only those
         return [i for i, ms in enumerate(macs.members)
                 if {(n, s) for n, s, _ in ms} == {(f"layers.{block}.conv1", "out"),

@@ -18,8 +18,8 @@ and penalizes their L2 norm, each channel weighted by the square root of its num
 
     P = sum over channels c of m_c * sqrt(n_c) * sqrt(sum of lat_e^2 over the entries e of c + eps)
 
-with ``m_c`` = 1 unless the channels are weighted by their multiply-accumulates (``cost="macs"``,
-:data:`COSTS`).
+with ``m_c`` = 1 unless the channels are weighted by their multiply-accumulates (``cost="macs"``
+or its square root ``"sqrt_macs"``, :data:`COSTS`).
 
 The ``sqrt(n_c)`` weight normalizes for group size: the pull on one entry is
 ``lambda * lat_e / rms_c`` (``rms_c`` the root mean square of its channel's entries), the same
@@ -159,7 +159,7 @@ def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled",
 
     plain = decode(model).eval()
     dg, groups = channel_groups(plain, example.detach().cpu())
-    positions = _output_positions(plain, example.detach().cpu()) if cost == "macs" else {}
+    positions = _output_positions(plain, example.detach().cpu()) if cost != "params" else {}
     name_of = {id(m): n for n, m in plain.named_modules()}
     latent = dict(model.latent_layers())
     parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -225,9 +225,21 @@ def build_channel_groups(model, example: torch.Tensor, scope: str = "coupled",
         channel = {n: remap[c] for n, c in channel.items()}
         members = [m for m, k in zip(members, keep.tolist(), strict=True) if k]
         sizes, width, macs, dep = sizes[keep], width[keep], macs[keep], dep[keep]
-    weight = (macs / sizes) / (macs.sum() / sizes.sum()) if cost == "macs" and len(sizes) else None
+    weight = _cost_weight(cost, macs, sizes) if len(sizes) else None
     return ChannelGroups(names, entries, channel, sizes, len(groups), members, reads, width,
                          weight, (scope, block, cost), dep)
+
+
+def _cost_weight(cost: str, macs: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor | None:
+    """Each channel's multiplier ``m_c`` under ``cost`` (``(channels,)``, None for ``params``):
+    its entries' mean output positions (``macs``), or their square root (``sqrt_macs``),
+    scaled so the mean over all entries is 1."""
+    if cost == "params":
+        return None
+    per_entry = macs / sizes
+    if cost == "sqrt_macs":
+        per_entry = per_entry.sqrt()
+    return per_entry / ((per_entry * sizes).sum() / sizes.sum())
 
 
 def _channel_sumsq(layers: dict[str, nn.Module], groups: ChannelGroups) -> torch.Tensor | None:
