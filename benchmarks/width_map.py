@@ -7,7 +7,10 @@ channels with Torch-Pruning's dependency graph until every stage has the residua
 and the inner (conv1) width given, and times each shape against the dense network in the
 interleaved rounds of ``benchmarks/channel_prior.py`` (medians), with its MAC ratio
 (``lilnetx.count_macs``). A shape is written ``r1/r2/r3 : i1/i2/i3`` (residual widths of the
-three stages : conv1 widths of their blocks).
+three stages : conv1 widths of their blocks). ONNX Runtime runs a conv in its blocked NCHWc
+layout only when its output channels are a multiple of the block (16 with AVX-512, 8 with AVX2)
+and its input channels are too or fewer than one block (``nchwc_transformer.cc``); other convs
+fall back to the plain NCHW path, so the shapes include widths that are multiples of 16.
 
     python benchmarks/width_map.py --out docs/benchmarks.md
 """
@@ -37,6 +40,9 @@ SHAPES = {
     "stages 2-3 half, inner quarter": ((16, 16, 32), (4, 4, 8)),
     "residual 16/32/48, inner 8/16/32": ((16, 32, 48), (8, 16, 32)),
     "residual 16/16/32, inner 8/16/16": ((16, 16, 32), (8, 16, 16)),
+    "multiples of 16: 16/16/32 : 16/16/16": ((16, 16, 32), (16, 16, 16)),
+    "multiples of 16: 16/32/32 : 16/16/16": ((16, 32, 32), (16, 16, 16)),
+    "multiples of 16: all 16": ((16, 16, 16), (16, 16, 16)),
 }
 
 
