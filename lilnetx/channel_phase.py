@@ -86,15 +86,19 @@ class ChannelPhase:
             held_entries,
             hold_at_zero,
             round_up_widths,
+            spare_last_channels,
             unread_channels,
         )
 
         groups = self._groups()
         dead = unread_channels(self._layers, groups)
+        with torch.no_grad():
+            strength = _channel_sumsq(self._layers, groups)
+        # no group loses its last channel: the strongest of an all-dead group trains on
+        dead = dead & ~spare_last_channels(groups, dead, strength)
         revived = None
         if self.round_to:
-            score = self._alive if self._alive is not None else _channel_sumsq(
-                self._layers, groups)
+            score = self._alive if self._alive is not None else strength
             revived = round_up_widths(groups, dead, score, self.round_to)
             dead = dead & ~revived
             self.revived = int(groups.widths[revived].sum())  # one host read, once per run

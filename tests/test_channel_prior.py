@@ -639,3 +639,56 @@ def test_channel_round_to_revives_from_step_0_at_the_switch(tmp_path, digits):
     switch = next(h for h in hist if "channels_revived" in h)
     assert switch["channels_removed"] >= 4 and switch["channels_removed"] % 4 == 0
     assert switch["channels_revived"] > 0
+
+
+def test_the_switch_never_removes_a_groups_last_channel():
+    """At the switch to fine-tuning, a dependency group whose every channel rounds to zero (a
+    residual stream shrunk under 1/2 everywhere) keeps its strongest channel: held at zero, it
+    would cut the network for the rest of the run."""
+    from lilnetx.channel_phase import ChannelPhase
+    from lilnetx.core.channel_prior import spare_last_channels, unread_channels
+
+    model = resnet()  # width 0.5: the first stage's residual stream is 8 channels wide
+    model.channel_groups = build_channel_groups(model, torch.randn(2, 3, 32, 32), "all")
+    g = model.channel_groups
+    layers = dict(model.latent_layers())
+    stream = next(d for d in range(g.ndeps)
+                  if any(n == "conv1" for n, _, _ in g.members[int((g.dep == d).nonzero()[0])]))
+    ids = (g.dep == stream).nonzero().flatten().tolist()
+    assert len(ids) == 8
+    with torch.no_grad():
+        for rank, c in enumerate(ids):  # every entry under 1/2, channel ids[5] the strongest
+            for name, side, idx in g.members[c]:
+                w = layers[name].latent.reshape(layers[name].weight_shape)
+                part = w[idx] if side == "out" else w[:, idx]
+                part.copy_(torch.sign(part) * (0.45 if c == ids[5] else 0.01 * (rank + 1)))
+    dead = unread_channels(layers, g)
+    assert dead[ids].all()
+    sums = torch.zeros(g.channels)
+    sums[ids[2]] = 1.0
+    spared = spare_last_channels(g, dead, sums)  # in every all-dead group, its top score
+    assert [c for c in ids if spared[c]] == [ids[2]]
+    for d in g.dep[dead].unique().tolist():  # (the first stage's inner groups died too)
+        members = g.dep == d
+        assert int(spared[members].sum()) == (1 if bool(dead[members].all()) else 0)
+    some = torch.zeros_like(dead)
+    some[ids[:7]] = True  # seven of eight: nothing spared
+    assert not spare_last_channels(g, some, sums).any()
+    cfg = TrainConfig(lambda_channel=0.1, channel_scope="all", channel_solver="proximal",
+                      channel_finetune=0.5)
+    phase = ChannelPhase(model, cfg, total=10)
+    phase.before(5)
+    assert phase.removed == int(dead.sum() - spare_last_channels(g, dead, sums * 0).sum())
+    held = {n: set(i.tolist()) for n, i in phase.held.items()}
+    free = 0  # the strongest is not held: its entries that no held channel shares train on
+    for name, side, idx in g.members[ids[5]]:
+        flat = torch.arange(layers[name].latent.numel()).reshape(layers[name].weight_shape)
+        for i in (flat[idx] if side == "out" else flat[:, idx]).reshape(-1).tolist():
+            if i not in held.get(name, ()):
+                free += 1
+                assert abs(float(layers[name].latent.detach().reshape(-1)[i])) == pytest.approx(0.45)
+    assert free >= 27  # the stem's 3 x 3 x 3 kernel of the channel at least
+    for c in ids[:5]:
+        for name, side, idx in g.members[c]:
+            w = layers[name].latent.detach().reshape(layers[name].weight_shape)
+            assert (w[idx] if side == "out" else w[:, idx]).eq(0).all()
