@@ -189,6 +189,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    "(and, unless --no-latency, time it under ONNX Runtime)")
     s.add_argument("--round-to", type=int, default=None, metavar="N",
                    help="round every slimmed channel count up to a multiple of N")
+    s.add_argument("--keep-narrow", action="store_true",
+                   help="with --round-to N, leave channel counts under N as they are")
     s.add_argument("--no-latency", action="store_true")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_slim)
@@ -566,7 +568,7 @@ def cmd_slim(args: argparse.Namespace) -> dict:
     c = fileformat.read(args.file)
     net = fileformat.build_network(c)
     _, metrics = slim_metrics(net, c.arch, latency=not args.no_latency, onnx_path=args.onnx,
-                              round_to=args.round_to)
+                              round_to=args.round_to, round_narrow=not args.keep_narrow)
     if args.onnx:
         metrics["onnx_path"] = args.onnx
     return metrics

@@ -522,6 +522,10 @@ def test_cli_slim_writes_onnx_and_json(tmp_path):
     rounded = _cli(["slim", str(lnx), "--round-to", "8", "--no-latency", "--json"], tmp_path)
     assert rounded.returncode == 0, rounded.stderr[-3000:]
     assert json.loads(rounded.stdout)["flops"] >= doc["flops"]
+    narrow = _cli(["slim", str(lnx), "--round-to", "8", "--keep-narrow", "--no-latency",
+                   "--json"], tmp_path)
+    assert narrow.returncode == 0, narrow.stderr[-3000:]
+    assert doc["flops"] <= json.loads(narrow.stdout)["flops"] <= json.loads(rounded.stdout)["flops"]
     bad = _cli(["slim", str(lnx), "--round-to", "0", "--json"], tmp_path)
     assert bad.returncode == 2 and "round_to" in bad.stderr
     assert doc["flops"] < doc["dense_flops"]

@@ -111,3 +111,27 @@ def test_round_to_must_be_a_positive_integer(bad):
     model, x = _model("residual")
     with pytest.raises(lilnetx.LilNetXError, match="round_to"):
         slim(model, x[:1], round_to=bad)
+
+
+@pytest.mark.parametrize("name,round_to", [("residual", 4), ("lenet5", 8), ("resnet20", 16)])
+def test_round_narrow_false_leaves_groups_under_round_to_alone(name, round_to):
+    """``round_narrow=False``: a kept count under ``round_to`` stays (a first stage left with
+    1 channel is not padded back to 16); wider ones round up as before; outputs unchanged."""
+    model, x = _model(name)
+    plain = lilnetx.decode(model).eval()
+    dense, unrounded = _out(plain), _out(slim(model, x[:1]))
+    net = slim(model, x[:1], round_to=round_to, round_narrow=False)
+    got = _out(net)
+    narrow = 0
+    for layer, k in got.items():
+        d, n = dense[layer], unrounded[layer]
+        if n < round_to:
+            narrow += 1
+            assert k == n, (layer, n, k)
+        else:
+            assert k == min(d, -(-n // round_to) * round_to), (layer, n, k, d)
+    assert narrow  # the case has a group left narrower than round_to
+    assert sum(got.values()) < sum(_out(slim(model, x[:1], round_to=round_to)).values())
+    assert_same_function(plain, net, x)
+    assert rounded_plan(16, list(range(1, 16)), 16, round_narrow=False) == list(range(1, 16))
+    assert rounded_plan(16, list(range(1, 16)), 16) == []

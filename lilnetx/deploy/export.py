@@ -42,7 +42,8 @@ def export_onnx(net: nn.Module, example: torch.Tensor, path: str | os.PathLike) 
 
 def slim_metrics(plain: nn.Module, arch: dict, *, latency: bool = True,
                  onnx_path: str | None = None,
-                 round_to: int | None = None) -> tuple[nn.Module, dict]:
+                 round_to: int | None = None,
+                 round_narrow: bool = True) -> tuple[nn.Module, dict]:
     """Slim ``plain`` and measure it against the dense network.
 
     Keys: ``flops``, ``dense_flops``, ``sparse_flops`` (MACs per sample), ``channel_sparsity``
@@ -51,10 +52,10 @@ def slim_metrics(plain: nn.Module, arch: dict, *, latency: bool = True,
     ``dense_latency_ms_b64`` (same measurement of the unslimmed network); with ``onnx_path``
     too (the slim network written there as ONNX): ``onnx_latency_ms`` and
     ``onnx_latency_ms_b64``, the same model under ONNX Runtime (one thread; needs
-    ``onnxruntime``). ``round_to``: see :func:`lilnetx.slim`.
+    ``onnxruntime``). ``round_to``, ``round_narrow``: see :func:`lilnetx.slim`.
     """
     x = example_input(arch)
-    slim_net = slim(plain, x, round_to=round_to)
+    slim_net = slim(plain, x, round_to=round_to, round_narrow=round_narrow)
     dense_counts, slim_counts = count_macs(plain, x), count_macs(slim_net, x)
     out = {
         "flops": slim_counts["flops"],

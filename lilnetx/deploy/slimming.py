@@ -167,9 +167,11 @@ def dead_channels(net: nn.Module, example: torch.Tensor,
     return plans
 
 
-def rounded_plan(n: int, idx: list[int], round_to: int | None) -> list[int]:
+def rounded_plan(n: int, idx: list[int], round_to: int | None,
+                 round_narrow: bool = True) -> list[int]:
     """The channels of a coupled group of ``n`` channels to remove, given the removable ones
-    ``idx``, so that the kept count is rounded up to a multiple of ``round_to`` and at most ``n``.
+    ``idx``, so that the kept count is rounded up to a multiple of ``round_to`` and at most ``n``
+    (with ``round_narrow`` False, a kept count under ``round_to`` stays as it is).
 
     The channels put back are the removable ones of highest index: no layer reads them (their
     reading weight slices are zero), so keeping them leaves every output unchanged.
@@ -177,12 +179,14 @@ def rounded_plan(n: int, idx: list[int], round_to: int | None) -> list[int]:
     if not round_to:
         return idx
     kept = n - len(idx)
+    if not round_narrow and kept < round_to:
+        return idx
     target = min(n, -(-kept // round_to) * round_to)
     return idx[:len(idx) - (target - kept)]
 
 
 def slim(model: nn.Module, example_input: torch.Tensor, *, drop_dead: bool = True,
-         round_to: int | None = None) -> nn.Module:
+         round_to: int | None = None, round_narrow: bool = True) -> nn.Module:
     """A plain dense copy of ``model`` with unread channels physically removed.
 
     Args:
@@ -196,6 +200,13 @@ def slim(model: nn.Module, example_input: torch.Tensor, *, drop_dead: bool = Tru
             (unread) channels, whose reading weights are zero, so outputs do not change. Groups
             that lose nothing keep their width as it is. Some CPU kernels are faster on channel
             counts that are multiples of 8; ``benchmarks/slim_speedup.py`` measures it.
+        round_narrow: with ``round_to``, whether a group left with fewer than ``round_to``
+            channels is rounded up too (the default). False keeps such a group as narrow as it
+            is: a kernel that narrow is cheap on any path, and ONNX Runtime's blocked (NCHWc)
+            convolutions, which need output channels in multiples of their block (16 with
+            AVX-512, 8 with AVX2), read fewer input channels than a block directly; rounding a
+            first stage left with 1 channel up to 16 would give back most of its saving
+            (``benchmarks/width_map.py``).
 
     Returns a new network on the CPU in eval mode whose outputs equal the input network's.
     """
@@ -214,7 +225,7 @@ def slim(model: nn.Module, example_input: torch.Tensor, *, drop_dead: bool = Tru
         zero_dead_reads(net, example, graph)
     dg = graph[0]
     for root, fn, idx in dead_channels(net, example, graph):
-        idx = rounded_plan(dg.get_out_channels(root), idx, round_to)
+        idx = rounded_plan(dg.get_out_channels(root), idx, round_to, round_narrow)
         if idx:
             dg.get_pruning_group(root, fn, idx).prune()
     return net.eval()
