@@ -172,8 +172,9 @@ def measure(res: dict, settings: dict, threads_list: list[int], work: Path,
     nets = {"dense": dense,
             "slim": (lilnetx.load(other) if other else lilnetx.slim(dense, example)).eval()}
     rounded = [] if other else list(round_to)
-    for n in rounded:
-        nets[f"slim{n}"] = lilnetx.slim(dense, example, round_to=n).eval()
+    for n in rounded:  # N, or "Nn": round_to N with round_narrow False
+        nets[f"slim{n}"] = lilnetx.slim(dense, example, round_to=int(str(n).rstrip("n")),
+                                        round_narrow=not str(n).endswith("n")).eval()
     macs = {k: count_macs(n, example[:1])["flops"] for k, n in nets.items()}
     paths = {}
     for name, net in nets.items():
@@ -327,7 +328,8 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
         "`benchmarks/ort_spinning.py`). Speedup = dense median / slim "
         "median. MAC ratio = dense MACs / slim MACs (`lilnetx.count_macs`)."
         + (" Round_to N: `lilnetx.slim(..., round_to=N)` (every channel group of the dependency graph that loses "
-           "channels keeps a multiple of N), timed in the same interleaved rounds."
+           "channels keeps a multiple of N; Nn: the same with `round_narrow=False`, a group "
+           "kept narrower than N left as it is), timed in the same interleaved rounds."
            if _rounded_keys(rows) else ""), "",
         "| lambda_channel | test accuracy | size | slice sparsity | channels removed | conv2 widths "
         "(per block) | conv1 widths | MAC ratio | torch 2 thr b64 dense / slim ms | speedup | ORT 2 thr b64 "
@@ -393,7 +395,9 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
         ts, os_ = lat[f"torch_speedup{v[4:]}"], lat[f"ort_speedup{v[4:]}"]
         macr = best["mac_ratio" if v == "slim" else f"mac_ratio_{v}"]
         gap = macr / ts
-        name = "`lilnetx.slim`" if v == "slim" else f"`lilnetx.slim(..., round_to={v[4:]})`"
+        name = ("`lilnetx.slim`" if v == "slim" else
+                f"`lilnetx.slim(..., round_to={v[4:].rstrip('n')}"
+                + (", round_narrow=False)`" if v.endswith("n") else ")`"))
         verdict = lambda c: "met" if c else "**missed**"  # noqa: E731
         lines += [
             f"- best qualifying model: lambda_channel {best['lambda_channel']:g}, "
@@ -438,8 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-round-to", dest="channel_round_to", type=int, default=None,
                     help="channel_round_to of the trainings (default 0)")
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--round-to", type=int, nargs="+", default=[8, 16],
-                    help="also time lilnetx.slim(..., round_to=N) for each N (0: none)")
+    ap.add_argument("--round-to", nargs="+", default=["8", "16"],
+                    help="also time lilnetx.slim(..., round_to=N) for each N (0: none; Nn: "
+                    "with round_narrow=False, groups under N left as they are)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     ap.add_argument("--seed", type=int, default=0)
@@ -487,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"[channel] timing lambda_channel={r['lambda_channel']:g}", file=sys.stderr,
               flush=True)
-        r.update(measure(r, settings, args.threads, work, round_to=tuple(n for n in args.round_to if n)))
+        r.update(measure(r, settings, args.threads, work, round_to=tuple(
+            int(n) if n.isdigit() else n for n in args.round_to if n != "0")))
     info["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     if 2 not in args.threads:
         raise SystemExit("--threads must include 2 (the target's thread count)")
