@@ -69,7 +69,8 @@ def train_one(lam: float, settings: dict, out_dir: Path, seed: int) -> dict:
                       channel_rewind=settings.get("channel_rewind", "none"),
                       channel_block=settings.get("channel_block", 1),
                       channel_cost=settings.get("channel_cost", "params"),
-                      channel_round_to=settings.get("channel_round_to", 0), seed=seed,
+                      channel_round_to=settings.get("channel_round_to", 0),
+                      channel_round=settings.get("channel_round", "up"), seed=seed,
                       device="cpu")
     t0 = time.perf_counter()
     outcome = run(RunSpec(model="resnet20", dataset="fashion_mnist", limit=settings["limit"],
@@ -92,13 +93,13 @@ def _same_training(lam: float, kept: dict | None, settings: dict) -> bool:
     (without the prior, ``channel_scope``, ``channel_finetune`` and ``channel_solver`` change
     nothing; a kept summary without a solver was trained with the gradient one)."""
     drop = ({"channels", "channel_scope", "channel_finetune", "channel_solver",
-             "channel_rewind", "channel_block", "channel_cost", "channel_round_to"}
-            if lam == 0 else {"channels"})
+             "channel_rewind", "channel_block", "channel_cost", "channel_round_to",
+             "channel_round"} if lam == 0 else {"channels"})
 
     def trained(s: dict) -> dict:
         return {k: v for k, v in {"channel_solver": "gradient", "channel_rewind": "none",
                                   "channel_block": 1, "channel_cost": "params",
-                                  "channel_round_to": 0,
+                                  "channel_round_to": 0, "channel_round": "up",
                                   **s}.items() if k not in drop}
 
     return kept is not None and trained(kept) == trained(settings)
@@ -288,6 +289,8 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
            if settings.get("channel_cost", "params") != "params" else "")
         + (f", channel_round_to {settings['channel_round_to']}"
            if settings.get("channel_round_to", 0) else "")
+        + (f", channel_round {settings['channel_round']}"
+           if settings.get("channel_round", "up") != "up" else "")
         + ")", "",
         machine_line(), f"Load average before / after: {info['load_before']} / "
         f"{info['load_after']}.", "", "Reproduce:", "", "```",
@@ -314,9 +317,14 @@ def markdown(rows: list[dict], settings: dict, threads_list: list[int], argv: li
            "sqrt_macs": ", channel_cost sqrt_macs (each channel's prior term weighted by the "
                         "square root of its multiply-accumulates per weight, mean 1)",
            }.get(settings.get("channel_cost", "params"), "")
-        + (f", channel_round_to {settings.get('channel_round_to', 0)} (at the switch every "
-           "dependency group that lost channels got back the removed channels that lived "
-           "longest, from their step-0 values, until its width was a multiple of it)"
+        + ((f", channel_round_to {settings.get('channel_round_to', 0)} (at the switch every "
+            "dependency group that lost channels got back the removed channels that lived "
+            "longest, from their step-0 values, until its width was a multiple of it)"
+            if settings.get("channel_round", "up") == "up" else
+            f", channel_round_to {settings.get('channel_round_to', 0)} with channel_round "
+            "nearest (at the switch every dependency group that lost channels and kept at "
+            "least that many went to the nearest multiple of it: removed channels given back "
+            "from their step-0 values, or its weakest kept channels taken away)")
            if settings.get("channel_round_to", 0) else "")
         + ", seed "
         f"{info['seed']}, one torch thread per training "
@@ -439,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="channel_block of the trainings (default 1)")
     ap.add_argument("--cost", dest="channel_cost", choices=CHOICES["channel_cost"], default=None,
                     help="channel_cost of the trainings (default params)")
+    ap.add_argument("--train-round", dest="channel_round", choices=CHOICES["channel_round"],
+                    default=None, help="channel_round of the trainings (default up)")
     ap.add_argument("--train-round-to", dest="channel_round_to", type=int, default=None,
                     help="channel_round_to of the trainings (default 0)")
     ap.add_argument("--limit", type=int, default=None)
@@ -464,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = dict(QUICK if args.quick else FULL)
     for k in ("channels", "epochs", "limit", "channel_scope", "channel_finetune",
               "channel_solver", "channel_rewind", "channel_block", "channel_cost",
-              "channel_round_to"):
+              "channel_round_to", "channel_round"):
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)
     if 0.0 not in settings["channels"]:
@@ -521,6 +531,8 @@ def _report(rows, settings, args, argv, info) -> int:
         tag += f"_{settings['channel_cost']}"
     if settings.get("channel_round_to", 0):
         tag += f"_trainround{settings['channel_round_to']}"
+        if settings.get("channel_round", "up") != "up":
+            tag += f"{settings['channel_round']}"
     if args.out:
         plot(rows, Path(str(PLOT).format(scope=tag)))
     publish(markdown(rows, settings, args.threads, argv, info).replace(

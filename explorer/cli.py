@@ -115,7 +115,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             ("channel_rewind", "none", "what the fine-tuning phase starts from: as it is, the "
              "learning rate restarted, or the weights at step 0 too"),
             ("channel_cost", "params", "what a channel costs the prior: its weights, or its "
-             "multiply-accumulates (MorphNet-style; first-stage channels pulled hardest)")):
+             "multiply-accumulates (MorphNet-style; first-stage channels pulled hardest)"),
+            ("channel_round", "up", "how --channel-round-to rounds a group's width: up, or to "
+             "the nearest multiple (channels taken away too; groups under N left alone)")):
         t.add_argument("--" + key.replace("_", "-"), choices=CHOICES[key], default=default,
                        help=f"{what} (default {default})")
     t.add_argument("--channel-block", type=int, default=1,
@@ -321,7 +323,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         channel_scope=args.channel_scope, channel_finetune=args.channel_finetune,
         channel_solver=args.channel_solver, channel_rewind=args.channel_rewind,
         channel_block=args.channel_block, channel_cost=args.channel_cost,
-        channel_round_to=args.channel_round_to,
+        channel_round_to=args.channel_round_to, channel_round=args.channel_round,
         warmup_epochs=args.warmup_epochs, seed=args.seed,
         device=args.device,
         **({} if args.rate_table is None else {"rate_table": args.rate_table}))

@@ -22,7 +22,7 @@ from .safe_yaml import clip, load_file, show
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "prior_lr", "lambda_rate", "lambda_sparsity",
               "lambda_l2", "lambda_channel", "channel_scope", "channel_finetune", "channel_solver",
               "channel_rewind", "channel_block", "channel_cost", "channel_round_to",
-              "warmup_epochs", "seed", "rate_table")
+              "channel_round", "warmup_epochs", "seed", "rate_table")
 """Hyperparameters of :class:`lilnetx.TrainConfig` a space may fix or search."""
 SPEC_KEYS = ("width", "limit", "val_fraction")
 """Hyperparameters of :class:`lilnetx.experiment.RunSpec` a space may fix or search."""

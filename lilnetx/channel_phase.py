@@ -7,7 +7,9 @@ channels the prior removed are held at zero and the prior is off; ``channel_rewi
 learning rate (``lr``) or the weights too (``weights``), and ``channel_round_to`` N gives every
 dependency group that lost channels back the removed channels that lived longest, from their
 values at step 0, until its width is a multiple of N: the widths fast kernels want, trained for
-the rest of the run instead of padded with zeros at export (``lilnetx.slim(round_to=N)``).
+the rest of the run instead of padded with zeros at export (``lilnetx.slim(round_to=N)``);
+with ``channel_round`` ``nearest`` a group goes to the nearest multiple instead, its weakest
+kept channels taken away when that is below its width.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class ChannelPhase:
             _channel_sumsq,
             held_entries,
             hold_at_zero,
+            nearest_widths,
             round_up_widths,
             spare_last_channels,
             unread_channels,
@@ -99,8 +102,12 @@ class ChannelPhase:
         revived = None
         if self.round_to:
             score = self._alive if self._alive is not None else strength
-            revived = round_up_widths(groups, dead, score, self.round_to)
-            dead = dead & ~revived
+            if self.cfg.channel_round == "nearest":
+                revived, taken = nearest_widths(groups, dead, score, strength, self.round_to)
+                dead = (dead & ~revived) | taken
+            else:
+                revived = round_up_widths(groups, dead, score, self.round_to)
+                dead = dead & ~revived
             self.revived = int(groups.widths[revived].sum())  # one host read, once per run
         self.held = held_entries(groups, dead)
         self.removed = int(groups.widths[dead].sum())  # one host read, once per run

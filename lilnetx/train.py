@@ -72,7 +72,9 @@ class TrainConfig:
     multiply-accumulates; :data:`lilnetx.core.channel_prior.COSTS`).
     ``channel_round_to``: at the switch to fine-tuning, every dependency group that lost channels
     gets back the removed channels that lived longest until its width is a multiple of N (0:
-    off; needs ``channel_finetune > 0``; :mod:`lilnetx.channel_phase`).
+    off; needs ``channel_finetune > 0``; :mod:`lilnetx.channel_phase`). ``channel_round``:
+    ``up`` (that) or ``nearest`` (to the nearest multiple, channels given back or taken away;
+    :data:`lilnetx.core.channel_options.ROUNDS`).
     """
 
     epochs: int = 5
@@ -90,6 +92,7 @@ class TrainConfig:
     channel_block: int = 1
     channel_cost: str = "params"
     channel_round_to: int = 0
+    channel_round: str = "up"
     warmup_epochs: float | None = None
     seed: int = 0
     device: str | None = None
@@ -109,6 +112,7 @@ class TrainConfig:
         from lilnetx.core.channel_options import (
             check_cost,
             check_rewind,
+            check_round,
             check_scope,
             check_solver,
         )
@@ -117,6 +121,7 @@ class TrainConfig:
         check_cost(self.channel_cost)
         check_solver(self.channel_solver)
         check_rewind(self.channel_rewind)
+        check_round(self.channel_round)
         check_positive_int("channel_block", self.channel_block)
         r = self.channel_round_to
         if isinstance(r, bool) or not isinstance(r, int) or r < 0:

@@ -692,3 +692,81 @@ def test_the_switch_never_removes_a_groups_last_channel():
         for name, side, idx in g.members[c]:
             w = layers[name].latent.detach().reshape(layers[name].weight_shape)
             assert (w[idx] if side == "out" else w[:, idx]).eq(0).all()
+
+
+def test_nearest_widths_rounds_each_group_to_its_nearest_multiple():
+    """``channel_round nearest``: 5 of 8 kept -> 4 (the weakest kept channel taken away), 7 of
+    8 -> 8 (the longest-lived dead one given back), 3 of 8 (under 4) left as it is, 13 of 16 ->
+    12; halves go up (6 of 8 -> 8)."""
+    from lilnetx.core.channel_prior import nearest_widths
+
+    model = resnet()  # width 0.5: stage widths 8, 16, 32
+    g = build_channel_groups(model, torch.randn(2, 3, 32, 32), "all")
+    deps = g.dep.tolist()
+    eights = [d for d in sorted(set(deps)) if deps.count(d) == 8]
+    sixteen = [d for d in sorted(set(deps)) if deps.count(d) == 16][0]
+    assert len(eights) == 4  # the first stage's residual stream and three inner groups
+    a, b, c, h = (sorted(i for i, x in enumerate(deps) if x == d) for d in eights)
+    e = sorted(i for i, x in enumerate(deps) if x == sixteen)
+    dead = torch.zeros(g.channels, dtype=torch.bool)
+    dead[a[:3]] = True  # 5 kept -> 4
+    dead[b[:1]] = True  # 7 kept -> 8
+    dead[c[:5]] = True  # 3 kept, under 4: as it is
+    dead[h[:2]] = True  # 6 kept: a half, up to 8
+    dead[e[:3]] = True  # 13 kept -> 12
+    score = torch.arange(g.channels, dtype=torch.float)
+    strength = torch.ones(g.channels)
+    strength[a[6]] = 0.1  # the weakest kept channel of group a
+    strength[e[9]] = 0.2
+    revived, taken = nearest_widths(g, dead, score, strength, 4)
+    assert taken.nonzero().flatten().tolist() == sorted([a[6], e[9]])
+    assert revived.nonzero().flatten().tolist() == sorted([b[0], h[0], h[1]])
+    assert not (revived & ~dead).any() and not (taken & dead).any()
+    assert not nearest_widths(g, dead, score, strength, 1)[0].any()
+
+
+def test_channel_round_is_validated_searchable_and_on_the_cli(tmp_path):
+    from explorer.cli import build_parser
+
+    with pytest.raises(ConfigError, match="channel_round"):
+        TrainConfig(channel_round="down").validate()
+    assert_searchable_choice(tmp_path, "channel_round", "up, nearest", "up, down",
+                             "train: {channel_finetune: 0.5, channel_round_to: 8}\n")
+    args = build_parser().parse_args(["train", "--model", "lenet5", "--dataset", "digits",
+                                      "--channel-round", "nearest"])
+    assert args.channel_round == "nearest"
+
+
+def test_channel_round_nearest_takes_the_weakest_channel_away_at_the_switch():
+    from lilnetx.channel_phase import ChannelPhase
+
+    model = resnet()
+    model.channel_groups = build_channel_groups(model, torch.randn(2, 3, 32, 32), "all")
+    g = model.channel_groups
+    cfg = TrainConfig(lambda_channel=0.1, channel_scope="all", channel_solver="proximal",
+                      channel_finetune=0.5, channel_round_to=4, channel_round="nearest")
+    phase = ChannelPhase(model, cfg, total=10)
+    layers = dict(model.latent_layers())
+    deps = g.dep.tolist()
+    inner = [i for i, x in enumerate(deps)
+             if x == [d for d in sorted(set(deps)) if deps.count(d) == 8][1]]
+    with torch.no_grad():
+        for m in layers.values():
+            m.latent.add_(torch.sign(m.latent) * 2)  # every channel well alive
+        for c in inner[:3]:  # three of the group's eight die: 5 kept, nearest 4
+            for name, side, idx in g.members[c]:
+                w = layers[name].latent.reshape(layers[name].weight_shape)
+                (w[idx] if side == "out" else w[:, idx]).zero_()
+        for name, side, idx in g.members[inner[6]]:  # the weakest of the five kept
+            w = layers[name].latent.reshape(layers[name].weight_shape)
+            part = w[idx] if side == "out" else w[:, idx]
+            part.copy_(torch.sign(part) * 0.6)
+    phase.before(5)
+    assert phase.removed == 4 and phase.revived == 0
+    for name, side, idx in g.members[inner[6]]:
+        w = layers[name].latent.detach().reshape(layers[name].weight_shape)
+        assert (w[idx] if side == "out" else w[:, idx]).eq(0).all()
+    phase.after(0.1)  # held at zero after every step from then on
+    for name, side, idx in g.members[inner[6]]:
+        w = layers[name].latent.detach().reshape(layers[name].weight_shape)
+        assert (w[idx] if side == "out" else w[:, idx]).eq(0).all()

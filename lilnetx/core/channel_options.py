@@ -79,8 +79,22 @@ model's size once more in memory on its device, until the switch). Either way th
 channels are held at zero."""
 
 
+ROUNDS = ("up", "nearest")
+"""How ``channel_round_to`` N rounds a dependency group's width at the switch to fine-tuning.
+``up``: to the next multiple of N, with the removed channels that lived longest given back.
+``nearest``: to the nearest multiple of N (halves up), given back as with ``up`` or taken away,
+the weakest kept channels first (held at zero from then on, the fine-tuning recovering what they
+did); a group kept narrower than N stays as it is, since a kernel that narrow is cheap on any
+path (ONNX Runtime's blocked convolutions read fewer input channels than a block directly)."""
+
+
+def check_round(mode: str) -> str:
+    """``mode`` when it is one of :data:`ROUNDS`, else a :class:`~lilnetx.errors.ConfigError`."""
+    return _check_choice("channel_round", mode, ROUNDS)
+
+
 CHOICES.update(channel_scope=SCOPES, channel_solver=SOLVERS, channel_rewind=REWINDS,
-               channel_cost=COSTS)
+               channel_cost=COSTS, channel_round=ROUNDS)
 
 
 def check_rewind(rewind: str) -> str:

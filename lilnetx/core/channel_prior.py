@@ -339,6 +339,41 @@ def round_up_widths(groups: ChannelGroups, dead: torch.Tensor, score: torch.Tens
     return revived.to(dead.device)
 
 
+def nearest_widths(groups: ChannelGroups, dead: torch.Tensor, score: torch.Tensor,
+                   strength: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``channel_round`` ``nearest``: every dependency group that lost channels and keeps at
+    least ``multiple`` network channels gets the multiple of ``multiple`` nearest its width
+    (halves up; at most its full width). Returns ``(revived, taken)``, BoolTensors
+    ``(channels,)`` on ``dead``'s device: dead channels given back, by decreasing ``score`` (as
+    :func:`round_up_widths`), and kept channels taken away, by increasing ``strength`` (float
+    ``(channels,)``, e.g. the sum of squares of their latents). A group kept narrower than
+    ``multiple`` stays as it is. Reads the tensors to the host: for a once-per-run decision."""
+    d, sc, st, w, dep = (t.detach().cpu() for t in (dead, score, strength, groups.widths,
+                                                    groups.dep))
+    revived, taken = torch.zeros_like(d), torch.zeros_like(d)
+    for g in torch.unique(dep[d]).tolist():
+        idx = (dep == g).nonzero().flatten()
+        kept = int(w[idx][~d[idx]].sum())
+        if kept < multiple:
+            continue
+        target = min(int(w[idx].sum()), (kept + multiple // 2) // multiple * multiple)
+        if target > kept:
+            cand = idx[d[idx]]
+            for c in cand[torch.argsort(sc[cand], descending=True, stable=True)].tolist():
+                if kept >= target:
+                    break
+                revived[c] = True
+                kept += int(w[c])
+        else:
+            live = idx[~d[idx]]
+            for c in live[torch.argsort(st[live], stable=True)].tolist():
+                if kept - int(w[c]) < target:
+                    break
+                taken[c] = True
+                kept -= int(w[c])
+    return revived.to(dead.device), taken.to(dead.device)
+
+
 def _strongest(rms: torch.Tensor, groups: ChannelGroups) -> torch.Tensor:
     """BoolTensor ``(channels,)``: one channel per dependency group, the one of largest ``rms``
     (the lowest id among ties). On the device, no host synchronisation."""
