@@ -393,12 +393,15 @@ def group_shrink(layers: dict[str, nn.Module], groups: ChannelGroups,
     latent units), in place: every channel ``c`` is scaled by ``max(0, 1 - step * m_c / rms_c)``,
     with ``rms_c`` the root mean square of its entries and ``m_c`` its ``weight`` (``P`` weights
     each channel's norm by ``m_c * sqrt(n_c)``), so a channel whose ``rms_c <= step * m_c``
-    becomes exactly zero, unless it is the strongest channel of its dependency group (largest
-    ``rms_c``, the first of ties) and every channel of the group would go: that one is then not
-    shrunk in this step, so a group never loses its last channel to the prior (a residual
-    stream that lost all of them would cut the network, measured: 10% accuracy on Fashion-MNIST
-    ResNet-20 with ``cost="macs"`` at ``lambda_channel`` 0.024, from 89.59% at 0.02 with two of
-    the first stage's 16 residual channels left). An entry of two channels (a
+    becomes exactly zero, except the strongest channel of each dependency group (largest
+    ``rms_c``, the first of ties), which is never shrunk, so a group never loses its last
+    channel to the prior. A residual stream that lost all of them would cut the network,
+    measured: 10% accuracy on Fashion-MNIST ResNet-20 with ``cost="macs"`` at
+    ``lambda_channel`` 0.024, from 89.59% at 0.02 with two of the first stage's 16 residual
+    channels left. Sparing it only in a step that would zero the whole group was not enough:
+    the shrink still drew it down to ``rms_c`` of about ``step * m_c``, far under the 1/2 below
+    which its latents round to zero, so the decoded stem was zero and the run ended at 10%
+    (``sqrt_macs`` at 0.045). An entry of two channels (a
     conv weight that writes one coupled channel and reads another) is scaled by both factors,
     each computed before either is applied. A few gathers and scatters per layer; no host
     synchronisation (after the first call on a device). Returns the channels left nonzero
@@ -407,7 +410,7 @@ def group_shrink(layers: dict[str, nn.Module], groups: ChannelGroups,
         return None
     rms = torch.sqrt(_channel_sumsq(layers, groups) / groups.sizes)
     factor = torch.clamp(1.0 - step * groups.weight / rms.clamp_min(_EPS), min=0.0)
-    factor = torch.where(_strongest(rms, groups) & (factor == 0), 1.0, factor)
+    factor = torch.where(_strongest(rms, groups), 1.0, factor)
     for n in groups.names:
         flat = layers[n].latent.view(-1)
         for idx, cid in groups.unique_parts(n):
