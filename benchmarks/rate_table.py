@@ -13,7 +13,7 @@
    and cosine similarity of the gradients to the latents and to every prior parameter (targets
    1e-4 and 0.9999).
 
-    python benchmarks/rate_table.py --out docs/benchmarks.md      # about 15 minutes on 2 cores
+    python benchmarks/rate_table.py --out docs/benchmarks.md      # about 20 minutes on 2 cores
     python benchmarks/rate_table.py --quick                       # smoke run
 """
 
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lambda-rate", type=float, default=1.0)
     p.add_argument("--seeds", type=int, default=3,
                    help="seeds of the tabulated/exact pair (the target is judged on seed 0)")
-    p.add_argument("--jobs", type=int, default=3, help="trainings at a time")
+    p.add_argument("--jobs", type=int, default=2, help="trainings at a time")
     args = p.parse_args(argv)
     # the control: the exact run again with 2 intra-op threads, which changes nothing but the
     # order of floating-point sums; how far it lands from the exact run is the noise floor
