@@ -94,7 +94,7 @@ def _same_training(lam: float, kept: dict | None, settings: dict) -> bool:
     nothing; a kept summary without a solver was trained with the gradient one)."""
     drop = ({"channels", "channel_scope", "channel_finetune", "channel_solver",
              "channel_rewind", "channel_block", "channel_cost", "channel_round_to",
-             "channel_round"} if lam == 0 else {"channels"})
+             "channel_round", "rounds", "block"} if lam == 0 else {"channels", "rounds", "block"})
 
     def trained(s: dict) -> dict:
         return {k: v for k, v in {"channel_solver": "gradient", "channel_rewind": "none",
@@ -455,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--round-to", nargs="+", default=["8", "16"],
                     help="also time lilnetx.slim(..., round_to=N) for each N (0: none; Nn: "
                     "with round_narrow=False, groups under N left as they are)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="interleaved timing rounds per configuration (default 25)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     ap.add_argument("--seed", type=int, default=0)
@@ -477,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
               "channel_round_to", "channel_round"):
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)
+    if args.rounds is not None:
+        settings["rounds"] = args.rounds
     if 0.0 not in settings["channels"]:
         settings["channels"] = [0.0] + settings["channels"]
     work = Path(args.dir or tempfile.mkdtemp(prefix="lilnetx-channel-"))
