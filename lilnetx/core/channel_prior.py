@@ -302,11 +302,11 @@ def spare_last_channels(groups: ChannelGroups, dead: torch.Tensor,
     BoolTensor ``(channels,)`` on ``dead``'s device, in every group whose channels are all
     ``dead`` (BoolTensor ``(channels,)``, from :func:`unread_channels`) the one of highest
     ``score`` (float ``(channels,)``; the lowest id among ties). A residual stream whose every
-    channel rounds to zero cuts the network: held at zero from the switch on, it left
-    Fashion-MNIST ResNet-20 at 10% accuracy (``channel_cost`` ``sqrt_macs``, ``lambda_channel``
-    0.045, and ``macs`` at 0.03: the stem's 16 channels all zero), although the proximal shrink
-    never removes a group's last channel, since a shrunk channel whose latents all lie under
-    1/2 rounds to zero too. Reads the tensors to the host: for a once-per-run decision."""
+    channel rounds to zero cuts the network, and held at zero from the switch on it could not
+    come back. :func:`group_shrink` never shrinks a group's strongest channel, but that channel
+    may still round to zero (its latents all under 1/2: the rate and slice priors pull too, and
+    the gradient solver has no such guard); this keeps it trainable. Reads the tensors to the
+    host: for a once-per-run decision."""
     d, sc, dep = (t.detach().cpu() for t in (dead, score, groups.dep))
     spared = torch.zeros_like(d)
     for g in torch.unique(dep[d]).tolist():
