@@ -330,13 +330,19 @@ def round_up_widths(groups: ChannelGroups, dead: torch.Tensor, score: torch.Tens
         idx = (dep == g).nonzero().flatten()
         kept = int(w[idx][~d[idx]].sum())
         target = min(int(w[idx].sum()), -(-kept // multiple) * multiple)
-        cand = idx[d[idx]]
-        for c in cand[torch.argsort(sc[cand], descending=True, stable=True)].tolist():
-            if kept >= target:
-                break
-            revived[c] = True
-            kept += int(w[c])
+        _give_back(idx[d[idx]], sc, w, kept, target, revived)
     return revived.to(dead.device)
+
+
+def _give_back(cand: torch.Tensor, score: torch.Tensor, widths: torch.Tensor, kept: int,
+               target: int, revived: torch.Tensor) -> None:
+    """Mark in ``revived`` the dead channels ``cand`` of one group, by decreasing ``score``,
+    until the group's ``kept`` width reaches ``target`` (host tensors)."""
+    for c in cand[torch.argsort(score[cand], descending=True, stable=True)].tolist():
+        if kept >= target:
+            break
+        revived[c] = True
+        kept += int(widths[c])
 
 
 def nearest_widths(groups: ChannelGroups, dead: torch.Tensor, score: torch.Tensor,
@@ -358,12 +364,7 @@ def nearest_widths(groups: ChannelGroups, dead: torch.Tensor, score: torch.Tenso
             continue
         target = min(int(w[idx].sum()), (kept + multiple // 2) // multiple * multiple)
         if target > kept:
-            cand = idx[d[idx]]
-            for c in cand[torch.argsort(sc[cand], descending=True, stable=True)].tolist():
-                if kept >= target:
-                    break
-                revived[c] = True
-                kept += int(w[c])
+            _give_back(idx[d[idx]], sc, w, kept, target, revived)
         else:
             live = idx[~d[idx]]
             for c in live[torch.argsort(st[live], stable=True)].tolist():
