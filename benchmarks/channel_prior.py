@@ -92,9 +92,10 @@ def _same_training(lam: float, kept: dict | None, settings: dict) -> bool:
     """Whether a kept training of ``lambda_channel = lam`` is the one ``settings`` asks for
     (without the prior, ``channel_scope``, ``channel_finetune`` and ``channel_solver`` change
     nothing; a kept summary without a solver was trained with the gradient one)."""
-    drop = ({"channels", "channel_scope", "channel_finetune", "channel_solver",
-             "channel_rewind", "channel_block", "channel_cost", "channel_round_to",
-             "channel_round", "rounds", "block"} if lam == 0 else {"channels", "rounds", "block"})
+    drop = {"channels", "rounds", "block"} | (
+        {"channel_scope", "channel_finetune", "channel_solver", "channel_rewind",
+         "channel_block", "channel_cost", "channel_round_to", "channel_round"}
+        if lam == 0 else set())
 
     def trained(s: dict) -> dict:
         return {k: v for k, v in {"channel_solver": "gradient", "channel_rewind": "none",
