@@ -1,25 +1,30 @@
 """The tabulated training rate against the exact one: same training outcome, same gradients.
 
-1. Two seeded Fashion-MNIST LeNet-5 LilNetX runs (12 epochs, lr 0.02, prior lr 0.01, the
-   decoder and lambda_rate given), one with the tabulated rate (``rate_table`` at its
-   default, ``DEFAULT_POINTS``) and one exact (``rate_table`` 0), side by side in processes:
-   test accuracy and file size of each (target, on seed 0: within 0.3 points and 2%); beside
-   them a control, the exact run of seed 0 with 2 threads instead of 1, whose distance from
-   the exact run is what floating-point round-off alone changes in a seeded run; and the same
-   pair for seeds 1 .. ``--seeds`` - 1, which tell whether the differences have a sign (a
-   bias of the table) or scatter around zero (noise).
+1. Seeded Fashion-MNIST LeNet-5 LilNetX runs (12 epochs, lr 0.02, prior lr 0.01, the
+   decoder and lambda_rate given), side by side in processes, for seeds 0 .. ``--seeds`` - 1:
+   one with the tabulated rate (``rate_table`` at its default, ``DEFAULT_POINTS``), one exact
+   (``rate_table`` 0) and a control, the exact run again with the exact pass's chunk size
+   halved (:data:`CONTROL_CHUNK`): the same computation with its sums in another order, so its
+   distance from the exact run is what floating-point round-off alone changes in a seeded run.
+   Test accuracy and file size of each (target, on seed 0: tabulated within 0.3 points and 2%
+   of exact); over the seeds, the tabulated-minus-exact differences against the
+   control-minus-exact ones (mean, 95% t-interval, signs), which tell a bias of the table from
+   the noise of a chaotic training run. ``--results FILE`` keeps finished runs, so a later
+   call with more seeds trains only the new ones.
 2. On the trained priors and latents of the tabulated run, and on a ResNet-20 (width 4) at
    initialization, the tabulated rate against the exact one: relative error of the total bits
    and cosine similarity of the gradients to the latents and to every prior parameter (targets
    1e-4 and 0.9999).
 
-    python benchmarks/rate_table.py --out docs/benchmarks.md      # about 20 minutes on 2 cores
+    python benchmarks/rate_table.py --out docs/benchmarks.md      # about 8 minutes a seed on 2 cores
     python benchmarks/rate_table.py --quick                       # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import statistics
 import sys
@@ -34,13 +39,23 @@ from lilnetx.core.rate_table import DEFAULT_POINTS  # noqa: E402
 
 BITS_RTOL, MIN_COSINE = 1e-4, 0.9999
 ACC_POINTS, SIZE_FRACTION = 0.3, 0.02
+CONTROL_CHUNK = 16384
+"""Values per chunk of the exact rate pass in the control run (the library's is 32,768): the
+prior's gradients are summed over the chunks in another order, nothing else changes."""
 
 
 def train(table: int, quick: bool, decoder: str, lam: float, threads: int = 1,
-          seed: int = 0) -> dict:
+          seed: int = 0, chunk: int | None = None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
+    if chunk is not None:
+        # this process only: the default chunk of the exact pass (a change of summation order)
+        from lilnetx.core import entropy
+
+        defaults = list(entropy._bits_and_grads.__defaults__)
+        defaults[-1] = chunk
+        entropy._bits_and_grads.__defaults__ = tuple(defaults)
     from lilnetx import RunSpec, TrainConfig, run
     from lilnetx.experiment import finalize
 
@@ -55,7 +70,8 @@ def train(table: int, quick: bool, decoder: str, lam: float, threads: int = 1,
     state = None
     if table and seed == 0:
         state = {k: v.detach().cpu() for k, v in out.model.state_dict().items()}
-    return {"table": table, "threads": threads, "seed": seed, "accuracy": out.summary["accuracy"],
+    return {"table": table, "threads": threads, "seed": seed, "chunk": chunk,
+            "accuracy": out.summary["accuracy"],
             "size": out.summary["size_bytes"], "seconds": out.summary["train_seconds"],
             "state": state}
 
@@ -117,40 +133,69 @@ def gradient_rows(state: dict | None, quick: bool, decoder: str) -> list[dict]:
     return rows
 
 
-def seed_lines(runs: dict) -> list[str]:
-    """The tabulated/exact pair of every seed, and whether their differences share a sign."""
-    seeds = sorted({k[1] for k in runs if k[0] == 0})
-    if len(seeds) < 2:
-        return []
-    lines = ["Every seed (tabulated against exact, each pair drawing the same noise):", "",
-             "| seed | tabulated accuracy | exact accuracy | difference | tabulated size | "
-             "exact size | difference |", "|---:|---:|---:|---:|---:|---:|---:|"]
-    dacc, dsize = [], []
+KINDS = {"table": "tabulated", "exact": "exact", "control": "exact, chunk halved (control)"}
+
+
+def run_key(kind: str, seed: int) -> str:
+    return f"{kind}:{seed}"
+
+
+def interval(v: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% t-interval of ``v`` (the interval is nan for fewer than 2 values)."""
+    from scipy import stats
+
+    m = statistics.mean(v)
+    if len(v) < 2:
+        return m, math.nan, math.nan
+    h = stats.t.ppf(0.975, len(v) - 1) * statistics.stdev(v) / math.sqrt(len(v))
+    return m, m - h, m + h
+
+
+def differences(runs: dict, kind: str, seeds: list[int]) -> tuple[list[float], list[float]]:
+    """Per seed, ``kind`` minus exact: accuracy in points and size in percent."""
+    acc = [100 * (runs[run_key(kind, s)]["accuracy"] - runs[run_key("exact", s)]["accuracy"])
+           for s in seeds]
+    size = [100 * (runs[run_key(kind, s)]["size"] / runs[run_key("exact", s)]["size"] - 1)
+            for s in seeds]
+    return acc, size
+
+
+def seed_lines(runs: dict, seeds: list[int]) -> list[str]:
+    """Every seed's three runs, and the tabulated and control differences over the seeds."""
+    lines = ["Every seed (the three runs of a seed draw the same noise):", "",
+             "| seed | tabulated | exact | control | tabulated - exact | control - exact |",
+             "|---:|---:|---:|---:|---:|---:|"]
     for sd in seeds:
-        t, e = runs[DEFAULT_POINTS, sd], runs[0, sd]
-        dacc.append(100 * (t["accuracy"] - e["accuracy"]))
-        dsize.append(100 * (t["size"] / e["size"] - 1))
-        lines.append(f"| {sd} | {100 * t['accuracy']:.2f}% | {100 * e['accuracy']:.2f}% | "
-                     f"{dacc[-1]:+.2f} pts | {t['size']:,} B | {e['size']:,} B | "
-                     f"{dsize[-1]:+.2f}% |")
-    exact_acc = [100 * runs[0, sd]["accuracy"] for sd in seeds]
-    exact_size = [runs[0, sd]["size"] for sd in seeds]
+        t, e, c = (runs[run_key(k, sd)] for k in ("table", "exact", "control"))
+        lines.append(
+            f"| {sd} | {100 * t['accuracy']:.2f}%, {t['size']:,} B | "
+            f"{100 * e['accuracy']:.2f}%, {e['size']:,} B | "
+            f"{100 * c['accuracy']:.2f}%, {c['size']:,} B | "
+            f"{100 * (t['accuracy'] - e['accuracy']):+.2f} pts, "
+            f"{100 * (t['size'] / e['size'] - 1):+.2f}% | "
+            f"{100 * (c['accuracy'] - e['accuracy']):+.2f} pts, "
+            f"{100 * (c['size'] / e['size'] - 1):+.2f}% |")
+    if len(seeds) < 2:
+        return lines + [""]
 
-    def signs(v: list[float]) -> str:
+    def cell(v: list[float], unit: str) -> str:
+        m, lo, hi = interval(v)
         pos = sum(x > 0 for x in v)
-        return f"{pos} of {len(v)} positive"
+        return (f"{m:+.2f}{unit} [{lo:+.2f}, {hi:+.2f}], sd {statistics.stdev(v):.2f}, "
+                f"{pos} of {len(v)} positive")
 
-    lines += ["", f"Mean difference over {len(seeds)} seeds: {statistics.mean(dacc):+.2f} points "
-              f"({signs(dacc)}), {statistics.mean(dsize):+.2f}% of size ({signs(dsize)}); "
-              f"mean absolute difference {statistics.mean(map(abs, dacc)):.2f} points and "
-              f"{statistics.mean(map(abs, dsize)):.2f}%. Between seeds the exact runs alone "
-              f"range over {max(exact_acc) - min(exact_acc):.2f} points and "
-              f"{100 * (max(exact_size) / min(exact_size) - 1):.2f}% of size.", ""]
+    ta, ts = differences(runs, "table", seeds)
+    ca, cs = differences(runs, "control", seeds)
+    lines += ["", f"Over {len(seeds)} seeds: mean difference, its 95% t-interval, the standard "
+              "deviation of the differences and their signs:", "",
+              "| | accuracy (points) | size (%) |", "|---|---|---|",
+              f"| tabulated - exact | {cell(ta, '')} | {cell(ts, '')} |",
+              f"| control - exact (round-off alone) | {cell(ca, '')} | {cell(cs, '')} |", ""]
     return lines
 
 
-def render(runs: dict, rows: list[dict], args, argv: list[str]) -> str:
-    t, e, c = runs[DEFAULT_POINTS, 0], runs[0, 0], runs["control", 0]
+def render(runs: dict, seeds: list[int], rows: list[dict], args, argv: list[str]) -> str:
+    t, e, c = (runs[run_key(k, 0)] for k in ("table", "exact", "control"))
     dacc = 100 * (t["accuracy"] - e["accuracy"])
     dsize = t["size"] / e["size"] - 1
     cacc = 100 * (c["accuracy"] - e["accuracy"])
@@ -161,22 +206,20 @@ def render(runs: dict, rows: list[dict], args, argv: list[str]) -> str:
         f"Reproduce: `{command_line('benchmarks/rate_table.py', argv)}`", "",
         f"Fashion-MNIST LeNet-5, LilNetX, {'1 epoch on 2,000 images (quick)' if args.quick else '12 epochs'}, "
         f"lr 0.02, prior lr 0.01, lambda_rate {args.lambda_rate:g}, decoder {args.decoder}, "
-        "batch 128, one thread each (the control 2), the runs side by side in processes; seed 0:", "",
+        "batch 128, one thread each, the runs side by side in processes; seed 0:", "",
         "| rate | test accuracy | file size | training time |", "|---|---|---|---|",
-        f"| tabulated ({DEFAULT_POINTS:,} points) | {100 * t['accuracy']:.2f}% | {t['size']:,} B | "
-        f"{t['seconds']:.0f} s |",
-        f"| exact | {100 * e['accuracy']:.2f}% | {e['size']:,} B | {e['seconds']:.0f} s |",
-        f"| exact, 2 threads (control) | {100 * c['accuracy']:.2f}% | {c['size']:,} B | "
-        f"{c['seconds']:.0f} s |", "",
+        *(f"| {KINDS[k] if k != 'table' else f'tabulated ({DEFAULT_POINTS:,} points)'} | "
+          f"{100 * r['accuracy']:.2f}% | {r['size']:,} B | {r['seconds']:.0f} s |"
+          for k, r in (("table", t), ("exact", e), ("control", c))), "",
         f"Difference: {dacc:+.2f} points of accuracy, {100 * dsize:+.2f}% of size (targets: "
         f"within {ACC_POINTS} points and {100 * SIZE_FRACTION:g}%): "
-        f"{'met' if ok_train else '**missed**'}. The two runs draw the same noise, so they "
+        f"{'met' if ok_train else '**missed**'}. The runs draw the same noise, so they "
         "differ only by the rate's interpolation error and what it changes downstream.", "",
-        f"Control: the exact run with 2 intra-op threads instead of 1 (the same computation, "
-        f"its floating-point sums in another order) ends {cacc:+.2f} points and "
-        f"{100 * csize:+.2f}% of size from the exact run: the spread that round-off alone "
-        "gives a seeded run of this length.", "",
-        *seed_lines(runs),
+        f"Control: the exact run with the exact rate pass in chunks of {CONTROL_CHUNK:,} values "
+        "instead of 32,768 (the same computation, the prior's gradients summed in another "
+        f"order) ends {cacc:+.2f} points and {100 * csize:+.2f}% of size from the exact run: "
+        "what round-off alone changes in a seeded run of this length.", "",
+        *seed_lines(runs, seeds),
         "Tabulated against exact on the same noisy latents (a channel with fewer than "
         f"{2 * DEFAULT_POINTS:,} values is evaluated exactly in training; here the table is used "
         "for every group, to measure it):", "",
@@ -196,6 +239,21 @@ def render(runs: dict, rows: list[dict], args, argv: list[str]) -> str:
     return "\n".join(lines)
 
 
+def load_results(path: str | None, settings: dict) -> dict:
+    """The runs kept in ``path`` (JSON) for these ``settings``, by :func:`run_key`."""
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        data = json.load(f)
+    return data["runs"] if data.get("settings") == settings else {}
+
+
+def save_results(path: str | None, settings: dict, runs: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump({"settings": settings, "runs": runs}, f, indent=1)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", help="markdown file whose section to replace")
@@ -203,24 +261,43 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--decoder", default="diagonal")
     p.add_argument("--lambda-rate", type=float, default=1.0)
     p.add_argument("--seeds", type=int, default=3,
-                   help="seeds of the tabulated/exact pair (the target is judged on seed 0)")
+                   help="seeds of the tabulated / exact / control runs (the target is judged "
+                   "on seed 0)")
     p.add_argument("--jobs", type=int, default=2, help="trainings at a time")
+    p.add_argument("--results", help="JSON file of finished runs: read, and kept up to date "
+                   "(the trained state of seed 0 beside it, FILE.pt)")
     args = p.parse_args(argv)
-    # the control: the exact run again with 2 intra-op threads, which changes nothing but the
-    # order of floating-point sums; how far it lands from the exact run is the noise floor
-    jobs = {(DEFAULT_POINTS, 0): (DEFAULT_POINTS, 1, 0), (0, 0): (0, 1, 0),
-            ("control", 0): (0, 2, 0)}
-    for seed in range(1, args.seeds):
-        jobs.update({(DEFAULT_POINTS, seed): (DEFAULT_POINTS, 1, seed), (0, seed): (0, 1, seed)})
+    import torch
+
+    settings = {"quick": args.quick, "decoder": args.decoder, "lambda_rate": args.lambda_rate,
+                "points": DEFAULT_POINTS}
+    runs = load_results(args.results, settings)
+    state_path = args.results + ".pt" if args.results else None
+    state = (torch.load(state_path, weights_only=True)
+             if state_path and os.path.exists(state_path) and run_key("table", 0) in runs
+             else None)
+    if state is None:
+        runs.pop(run_key("table", 0), None)  # its trained state is needed below
+    seeds = list(range(args.seeds))
+    jobs = {run_key(k, sd): (DEFAULT_POINTS if k == "table" else 0, sd,
+                             CONTROL_CHUNK if k == "control" else None)
+            for sd in seeds for k in KINDS if run_key(k, sd) not in runs}
     with ProcessPoolExecutor(args.jobs) as pool:
-        futures = {k: pool.submit(train, t, args.quick, args.decoder, args.lambda_rate, n, sd)
-                   for k, (t, n, sd) in jobs.items()}
-        runs = {k: f.result() for k, f in futures.items()}
-    for k, r in runs.items():
-        print(f"{k}: rate_table={r['table']} threads={r['threads']} seed={r['seed']}: "
-              f"acc {r['accuracy']:.4f} size {r['size']} {r['seconds']:.0f} s", file=sys.stderr)
-    rows = gradient_rows(runs[DEFAULT_POINTS, 0]["state"], args.quick, args.decoder)
-    body = render(runs, rows, args, sys.argv[1:] if argv is None else argv)
+        futures = {k: pool.submit(train, t, args.quick, args.decoder, args.lambda_rate, 1, sd, ch)
+                   for k, (t, sd, ch) in jobs.items()}
+        for k, f in futures.items():
+            r = f.result()
+            trained = r.pop("state")
+            if trained is not None:  # seed 0's tabulated run
+                state = trained
+                if state_path:
+                    torch.save(state, state_path)
+            runs[k] = r
+            print(f"{k}: acc {r['accuracy']:.4f} size {r['size']} {r['seconds']:.0f} s",
+                  file=sys.stderr, flush=True)
+            save_results(args.results, settings, runs)
+    rows = gradient_rows(state, args.quick, args.decoder)
+    body = render(runs, seeds, rows, args, sys.argv[1:] if argv is None else argv)
     if args.out:
         write_section(args.out, "rate_table", body)
     print(body)
