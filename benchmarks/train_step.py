@@ -27,6 +27,7 @@ library keeps for reference (``FactorizedPrior.likelihood``, ``priors.slice_grou
     python benchmarks/train_step.py --quick --json  # fast run, JSON on stdout
     python benchmarks/train_step.py --out docs/benchmarks.md  # (re)write its section there
     python benchmarks/train_step.py --reference     # also time the autograd reference path
+    python benchmarks/train_step.py --no-rate       # also time LilNetX without its rate term
 """
 
 from __future__ import annotations
@@ -58,6 +59,19 @@ from lilnetx.core.priors import l2_prior, slice_group_lasso
 from lilnetx.train import TrainConfig, adam, joint_loss, make_optimizers
 
 SECTION = "train_step"
+EXTRAS = {
+    "exact": ("exact", "Exact: the same LilNetX step with `rate_table` 0 (the prior evaluated at "
+              "every latent), timed in the same interleaved rounds."),
+    "norate": ("without rate", "Without rate: the same LilNetX step without the rate term "
+               "(CE, slice and L2 penalties, weight decoding, both Adam steps), timed in the same "
+               "interleaved rounds: what the method costs besides the rate."),
+    "reference": ("reference", "Reference: the same LilNetX step with the rate, the penalties "
+                  "and the weight decoding through the plain autograd formulas "
+                  "(`FactorizedPrior.likelihood`, `priors.slice_group_lasso`/`l2_prior`, "
+                  "`latent.round_ste`), i.e. before the fused implementations; timed in the "
+                  "same interleaved rounds."),
+}
+"""Optional trainers timed beside plain and LilNetX: key -> (column name, description)."""
 TARGETS = {"resnet20-w1": 1.05, "resnet20-w4": 1.05, "lenet5": 1.25}
 """Issue 15's targets: LilNetX / plain, ratio of the medians."""
 
@@ -128,10 +142,12 @@ def use_reference_path(model: LilNetXModel) -> None:
 
 
 def lilnetx_stepper(net: nn.Module, x: torch.Tensor, y: torch.Tensor, width: float,
-                    reference: bool = False, rate_table: int | None = None
+                    reference: bool = False, rate_table: int | None = None, rate: bool = True,
                     ) -> Callable[[], None]:
     """One LilNetX training step, as :func:`lilnetx.train.fit` runs it (``rate_table``: the
-    training rate's grid, ``None`` the default, 0 the exact evaluation)."""
+    training rate's grid, ``None`` the default, 0 the exact evaluation). ``rate=False``: the
+    same step without the rate term (CE and the penalties; the priors get no gradient and
+    their Adam skips them), which is what the rest of the method costs."""
     model = convert(net, width=width)
     if reference:
         use_reference_path(model)
@@ -141,8 +157,13 @@ def lilnetx_stepper(net: nn.Module, x: torch.Tensor, y: torch.Tensor, width: flo
     opts = make_optimizers(model, cfg)
     model.train()
 
+    def loss_without_rate(logits: torch.Tensor) -> torch.Tensor:
+        return (F.cross_entropy(logits, y) + cfg.lambda_sparsity * model.slice_penalty()
+                + cfg.lambda_l2 * model.l2_penalty())
+
     def step() -> None:
-        loss = joint_loss(model, model(x), y, cfg)["loss"]
+        logits = model(x)
+        loss = joint_loss(model, logits, y, cfg)["loss"] if rate else loss_without_rate(logits)
         for o in opts:
             o.zero_grad(set_to_none=True)
         loss.backward()
@@ -161,7 +182,7 @@ def timed_block(step: Callable[[], None], n: int, out: list[float]) -> None:
 
 def run_case(name: str, model: str, channels: int, size: int, width: float, *, batch: int,
              warmup: int, rounds: int, block: int | None, block_seconds: float, seed: int,
-             reference: bool, exact: bool = False) -> dict:
+             reference: bool, exact: bool = False, no_rate: bool = False) -> dict:
     torch.manual_seed(seed)
     net = create_model(model, in_channels=channels, image_size=size, num_classes=10, width=width)
     x = torch.randn(batch, channels, size, size)
@@ -172,6 +193,8 @@ def run_case(name: str, model: str, channels: int, size: int, width: float, *, b
         steppers["reference"] = lilnetx_stepper(net, x, y, width, reference=True)
     if exact:
         steppers["exact"] = lilnetx_stepper(net, x, y, width, rate_table=0)
+    if no_rate:
+        steppers["norate"] = lilnetx_stepper(net, x, y, width, rate=False)
     warm: dict[str, list[float]] = {k: [] for k in steppers}
     for key, step in steppers.items():
         timed_block(step, warmup, warm[key])
@@ -190,12 +213,10 @@ def run_case(name: str, model: str, channels: int, size: int, width: float, *, b
         "plain_ms": ms["plain"], "lilnetx_ms": ms["lilnetx"],
         "ratio": ms["lilnetx"] / ms["plain"],
     }
-    if reference:
-        out["reference_ms"] = ms["reference"]
-        out["reference_ratio"] = ms["reference"] / ms["plain"]
-    if exact:
-        out["exact_ms"] = ms["exact"]
-        out["exact_ratio"] = ms["exact"] / ms["plain"]
+    for key in EXTRAS:
+        if key in ms:
+            out[f"{key}_ms"] = ms[key]
+            out[f"{key}_ratio"] = ms[key] / ms["plain"]
     return out
 
 
@@ -256,8 +277,7 @@ def profile_case(model_name: str, channels: int, size: int, width: float, *, bat
 
 def markdown_section(results: list[dict], info: dict, command: str, settings: dict,
                      profiles: list[dict] | None = None) -> str:
-    reference = any("reference_ms" in r for r in results)
-    exact = any("exact_ms" in r for r in results)
+    extras = [k for k in EXTRAS if any(f"{k}_ms" in r for r in results)]
     load = ", ".join(f"{a:.1f}" for a in info["loadavg_start"])
     load_end = ", ".join(f"{a:.1f}" for a in info.get("loadavg_end", []))
     targets = ", ".join(f"{k} <= {v:.2f}x" for k, v in TARGETS.items())
@@ -282,27 +302,15 @@ def markdown_section(results: list[dict], info: dict, command: str, settings: di
            "default`: large freed tensors are unmapped and faulted in again each step). ")
         + f"Targets (issue 15): {targets}.",
     ]
-    if exact:
-        lines += ["", "Exact: the same LilNetX step with `rate_table` 0 (the prior evaluated at "
-                  "every latent), timed in the same interleaved rounds."]
-    if reference:
-        lines += [
-            "",
-            "Reference: the same LilNetX step with the rate, the penalties and the weight "
-            "decoding through the plain autograd formulas (`FactorizedPrior.likelihood`, "
-            "`priors.slice_group_lasso`/`l2_prior`, `latent.round_ste`), i.e. before the fused "
-            "implementations; timed in the same interleaved rounds.",
-        ]
+    for key in extras:
+        lines += ["", EXTRAS[key][1]]
     lines += ["", "Reproduce:", "", "```", command, "```"]
     for threads in dict.fromkeys(r["threads"] for r in results):
         lines += ["", f"{threads} thread{'s' if threads > 1 else ''}:", ""]
         head = "| case | block | plain ms/step | LilNetX ms/step | ratio | target |"
         rule = "|---|---:|---:|---:|---:|---|"
-        if exact:
-            head += " exact ms/step | exact ratio |"
-            rule += "---:|---:|"
-        if reference:
-            head += " reference ms/step | reference ratio |"
+        for key in extras:
+            head += f" {EXTRAS[key][0]} ms/step | {EXTRAS[key][0]} ratio |"
             rule += "---:|---:|"
         lines += [head, rule]
         for r in (r for r in results if r["threads"] == threads):
@@ -312,10 +320,8 @@ def markdown_section(results: list[dict], info: dict, command: str, settings: di
             row = (f"| {r['case']} (batch {r['batch']}, {r['input'][0]}x{r['input'][1]}x"
                    f"{r['input'][2]}) | {r['block']} | {r['plain_ms']:.1f} | "
                    f"{r['lilnetx_ms']:.1f} | {r['ratio']:.3f} | {verdict} |")
-            if exact:
-                row += f" {r['exact_ms']:.1f} | {r['exact_ratio']:.3f} |"
-            if reference:
-                row += f" {r['reference_ms']:.1f} | {r['reference_ratio']:.3f} |"
+            for key in extras:
+                row += f" {r[f'{key}_ms']:.1f} | {r[f'{key}_ratio']:.3f} |"
             lines.append(row)
     if profiles:
         keys = list(profiles[0]["parts"])
@@ -348,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also time LilNetX through the autograd reference formulas")
     ap.add_argument("--exact", action="store_true",
                     help="also time LilNetX with the exact rate (rate_table 0)")
+    ap.add_argument("--no-rate", action="store_true",
+                    help="also time LilNetX without the rate term (what the rest costs)")
     ap.add_argument("--profile", action="store_true",
                     help="also time the parts of a LilNetX step, each alone")
     ap.add_argument("--allocator", choices=("keep", "default"), default="keep",
@@ -378,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         res = run_case(name, model, channels, size, width, batch=args.batch,
                        warmup=settings["warmup"], rounds=settings["rounds"], block=args.block,
                        block_seconds=settings["block_seconds"], seed=args.seed,
-                       reference=args.reference, exact=args.exact)
+                       reference=args.reference, exact=args.exact, no_rate=args.no_rate)
         res["threads"] = threads
         results.append(res)
         if args.profile:
@@ -392,11 +400,10 @@ def main(argv: list[str] | None = None) -> int:
             line = (f"{threads} thr {name:12s} block {res['block']:3d}  "
                     f"plain {res['plain_ms']:9.2f} ms  "
                     f"lilnetx {res['lilnetx_ms']:9.2f} ms  ratio {res['ratio']:.3f}")
-            if args.reference:
-                line += (f"  reference {res['reference_ms']:9.2f} ms  "
-                         f"ratio {res['reference_ratio']:.3f}")
-            if args.exact:
-                line += f"  exact {res['exact_ms']:9.2f} ms  ratio {res['exact_ratio']:.3f}"
+            for key in EXTRAS:
+                if f"{key}_ms" in res:
+                    line += (f"  {EXTRAS[key][0]} {res[f'{key}_ms']:9.2f} ms  "
+                             f"ratio {res[f'{key}_ratio']:.3f}")
             print(line, flush=True)
     info["loadavg_end"] = list(os.getloadavg())
     if args.json:
