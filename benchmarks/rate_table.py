@@ -49,13 +49,14 @@ def train(table: int, quick: bool, decoder: str, lam: float, threads: int = 1,
     import torch
 
     torch.set_num_threads(threads)
-    if chunk is not None:
-        # this process only: the default chunk of the exact pass (a change of summation order)
-        from lilnetx.core import entropy
+    # the exact pass's default chunk in this process: CONTROL_CHUNK for the control (a change
+    # of summation order), the library's own otherwise (a pool's worker process runs several
+    # trainings, so it is set for every one)
+    from lilnetx.core import entropy
 
-        defaults = list(entropy._bits_and_grads.__defaults__)
-        defaults[-1] = chunk
-        entropy._bits_and_grads.__defaults__ = tuple(defaults)
+    defaults = list(entropy._bits_and_grads.__defaults__)
+    defaults[-1] = chunk if chunk is not None else entropy._CHUNK
+    entropy._bits_and_grads.__defaults__ = tuple(defaults)
     from lilnetx import RunSpec, TrainConfig, run
     from lilnetx.experiment import finalize
 
