@@ -374,9 +374,12 @@ def test_ctrl_c_then_resume_on_loopback(tmp_path):
     from explorer import tracking
     from explorer.sweep import SweepOptions, study_storage
 
-    # 6 epochs make a trial last several seconds, so the three trials after the first finished
-    # one cannot all end between that poll and the SIGINT (with 1 epoch they once did)
-    space = write_space(tmp_path / "int.yaml", "intr", n=4, k=1, sampler="random", epochs=6)
+    # The SIGINT must land while trials remain: the three trials after the first finished one
+    # run one at a time, and the poll that sees the first finish sends it before anything else
+    # (no socket scan in between). With 6 epochs a trial took 1.2 s and all three once ended
+    # between that poll and the SIGINT of a slower loop (the sweep exited 0); 20 make the window
+    # several times longer.
+    space = write_space(tmp_path / "int.yaml", "intr", n=4, k=1, sampler="random", epochs=20)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [sys.executable, "-m", "explorer.cli", "sweep", space, "--tracking-uri", uri, "--json"]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -391,11 +394,10 @@ def test_ctrl_c_then_resume_on_loopback(tmp_path):
         while time.time() < deadline and len(_finished(uri, "intr")) < 1:
             assert proc.poll() is None, "sweep ended before it could be interrupted"
             sockets |= set(_listening(_descendants(proc.pid)))
-            time.sleep(0.5)
-        assert len(_finished(uri, "intr")) >= 1
-        sockets |= set(_listening(_descendants(proc.pid)))
-        os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # at once: the remaining trials are running
         code = proc.wait(timeout=120)
+        assert len(_finished(uri, "intr")) >= 1
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
