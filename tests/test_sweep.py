@@ -361,6 +361,20 @@ def _loopback(addr: str) -> bool:
     return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
+def _popen_interruptible(cmd: list[str], **kw) -> subprocess.Popen:
+    """``subprocess.Popen(cmd, **kw)`` with SIGINT at its default in the child, as a terminal's
+    shell starts a command. A shell without job control starts a background command (``nohup
+    make test &``) with SIGINT ignored; a child inherits that, and Python then never raises
+    KeyboardInterrupt in it (a CI run started that way saw the sweep ignore its SIGINT and
+    finish with exit 0). A handled signal is reset to its default at exec, so the test's
+    process handles SIGINT while it starts the child."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(cmd, **kw)
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def test_ctrl_c_then_resume_on_loopback(tmp_path):
     """A local sweep in a subprocess, as a user runs it:
     - while it runs, every listening socket of its processes (driver, GCS, raylet, workers,
@@ -374,20 +388,17 @@ def test_ctrl_c_then_resume_on_loopback(tmp_path):
     from explorer import tracking
     from explorer.sweep import SweepOptions, study_storage
 
-    # The SIGINT must land while trials remain: the three trials after the first finished one
-    # run one at a time, and the poll that sees the first finish sends it before anything else
-    # (no socket scan in between). With 6 epochs a trial took 1.2 s and all three once ended
-    # between that poll and the SIGINT of a slower loop (the sweep exited 0); 20 make the window
-    # several times longer.
-    space = write_space(tmp_path / "int.yaml", "intr", n=4, k=1, sampler="random", epochs=20)
+    # 6 epochs make a trial last a second or more, so the three trials after the first finished
+    # one (one at a time) cannot all end between the poll that sees it and the SIGINT
+    space = write_space(tmp_path / "int.yaml", "intr", n=4, k=1, sampler="random", epochs=6)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [sys.executable, "-m", "explorer.cli", "sweep", space, "--tracking-uri", uri, "--json"]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     for k in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
         env.pop(k, None)
     log = open(tmp_path / "sweep.log", "w")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log,
-                            start_new_session=True)
+    proc = _popen_interruptible(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                stderr=log, start_new_session=True)
     sockets: set[tuple[str, str, int]] = set()
     try:
         deadline = time.time() + 300
