@@ -16,7 +16,7 @@
    and cosine similarity of the gradients to the latents and to every prior parameter (targets
    1e-4 and 0.9999).
 
-    python benchmarks/rate_table.py --out docs/benchmarks.md      # about 3.5 minutes a seed on 2 cores
+    python benchmarks/rate_table.py --out docs/benchmarks.md      # about 2.5 minutes a seed on 2 cores
     python benchmarks/rate_table.py --quick                       # smoke run
 """
 
@@ -35,12 +35,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import command_line, machine_line, write_section  # noqa: E402
 
+from lilnetx.core.entropy import _CHUNK  # noqa: E402
 from lilnetx.core.rate_table import DEFAULT_POINTS  # noqa: E402
 
 BITS_RTOL, MIN_COSINE = 1e-4, 0.9999
 ACC_POINTS, SIZE_FRACTION = 0.3, 0.02
 CONTROL_CHUNK = 16384
-"""Values per chunk of the exact rate pass in the control run (the library's is 32,768): the
+"""Values per chunk of the exact rate pass in the control run (the library's is
+``lilnetx.core.entropy._CHUNK``, 32,768): the
 prior's gradients are summed over the chunks in another order, nothing else changes."""
 
 
@@ -55,7 +57,7 @@ def train(table: int, quick: bool, decoder: str, lam: float, threads: int = 1,
     from lilnetx.core import entropy
 
     defaults = list(entropy._bits_and_grads.__defaults__)
-    defaults[-1] = chunk if chunk is not None else entropy._CHUNK
+    defaults[-1] = chunk if chunk is not None else _CHUNK
     entropy._bits_and_grads.__defaults__ = tuple(defaults)
     from lilnetx import RunSpec, TrainConfig, run
     from lilnetx.experiment import finalize
@@ -187,8 +189,14 @@ def seed_lines(runs: dict, seeds: list[int]) -> list[str]:
 
     ta, ts = differences(runs, "table", seeds)
     ca, cs = differences(runs, "control", seeds)
-    coarse = sorted({int(k.split(":")[0][5:]) for k in runs if k[5:6].isdigit()})
-    coarse = [c for c in coarse if all(run_key(f"table{c}", sd) in runs for sd in seeds)]
+    sizes = sorted({int(k.split(":")[0][5:]) for k in runs if k[5:6].isdigit()})
+    # per coarse table: its differences from exact, and from the control, seed by seed
+    coarse = {}
+    for c in sizes:
+        if all(run_key(f"table{c}", sd) in runs for sd in seeds):
+            xa, xs = differences(runs, f"table{c}", seeds)
+            coarse[c] = (xa, xs, [t - k for t, k in zip(xa, ca, strict=True)],
+                         [t - k for t, k in zip(xs, cs, strict=True)])
 
     def within(acc: list[float], size: list[float]) -> int:
         return sum(abs(a) <= ACC_POINTS and abs(z) <= 100 * SIZE_FRACTION
@@ -205,10 +213,7 @@ def seed_lines(runs: dict, seeds: list[int]) -> list[str]:
               f"| control - exact (round-off alone) | {cell(ca, '')} | {cell(cs, '')} | "
               f"{within(ca, cs)} of {len(seeds)} |",
               f"| tabulated - control (seed by seed) | {cell(da, '')} | {cell(dz, '')} | |"]
-    for c in coarse:
-        xa, xs = differences(runs, f"table{c}", seeds)
-        ya = [t - k for t, k in zip(xa, ca, strict=True)]
-        ys = [t - k for t, k in zip(xs, cs, strict=True)]
+    for c, (xa, xs, ya, ys) in coarse.items():
         lines += [f"| tabulated with {c:,} points - exact | {cell(xa, '')} | {cell(xs, '')} | "
                   f"{within(xa, xs)} of {len(seeds)} |",
                   f"| tabulated with {c:,} points - control | {cell(ya, '')} | "
@@ -224,9 +229,8 @@ def seed_lines(runs: dict, seeds: list[int]) -> list[str]:
               f"tighter than that noise: the control, which changes nothing but an order of "
               f"summation, meets it on {within(ca, cs)} of {len(seeds)} seeds, the tabulated "
               f"rate on {within(ta, ts)}."]
-    for c in coarse:
-        xa, _ = differences(runs, f"table{c}", seeds)
-        m = statistics.mean(t - k for t, k in zip(xa, ca, strict=True))
+    for c, (_, _, ya, _) in coarse.items():
+        m = statistics.mean(ya)
         lines[-1] += (f" A bias from the interpolation error would grow with it (as the grid "
                       f"step squared): with {c:,} points instead of {DEFAULT_POINTS:,} the "
                       f"tabulated runs end {m:+.2f} points from the control on average.")
@@ -256,7 +260,7 @@ def render(runs: dict, seeds: list[int], rows: list[dict], args, argv: list[str]
         f"{'met' if ok_train else '**missed**'}. The runs draw the same noise, so they "
         "differ only by the rate's interpolation error and what it changes downstream.", "",
         f"Control: the exact run with the exact rate pass in chunks of {CONTROL_CHUNK:,} values "
-        "instead of 32,768 (the same computation, the prior's gradients summed in another "
+        f"instead of {_CHUNK:,} (the same computation, the prior's gradients summed in another "
         f"order) ends {cacc:+.2f} points and {100 * csize:+.2f}% of size from the exact run: "
         "what round-off alone changes in a seeded run of this length.", "",
         *seed_lines(runs, seeds),
